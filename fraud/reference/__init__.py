@@ -1,0 +1,1 @@
+"""Slow, obviously-correct pure Python twins of the numba kernels, for tests and debugging."""

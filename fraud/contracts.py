@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from fraud.currency import is_known
+from fraud.currency import EXPONENTS, is_known
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.transaction_pb2 import Transaction
@@ -131,12 +132,18 @@ def to_json(message: Message) -> str:
     )
 
 
+def _major(amount_minor: int, currency: str) -> str:
+    """Exact major-unit amount with the currency's decimals ("50.00" EUR, "5000" JPY)."""
+    exp = EXPONENTS.get(currency, 2)
+    return str(Decimal(amount_minor).scaleb(-exp))
+
+
 def decision_summary(decision: Decision) -> str:
     """A human-readable line for a decision or an alert."""
     rules = ",".join(decision.rules_fired) or "-"
     return (
         f"{action_name(decision.action):6} tx={decision.transaction_id} "
         f"customer={decision.customer_id} terminal={decision.terminal_id} "
-        f"amount={decision.amount_minor / 100:.2f} {decision.currency} "
+        f"amount={_major(decision.amount_minor, decision.currency)} {decision.currency} "
         f"score={decision.score:.3f} rules={rules}"
     )

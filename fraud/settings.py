@@ -51,14 +51,14 @@ class Settings:
     # Micro-batching of the worker's agent.
     batch_max: int = 1000
     batch_within_s: float = 0.005
-    # The first rule: amounts at or above this (major units) are sent to REVIEW.
+    # The first rule: amounts above this (major units of the currency) are sent to REVIEW.
     amount_threshold: float = 220.0
     # Validation: event times later than now + this are refused.
     max_future_ms: int = 2 * DAY_MS
     # Late arrivals kept in window state beyond the longest window.
     allowed_lateness_ms: int = DAY_MS
     # Worker web/metrics port (0: let Faust pick; None disables).
-    web_port: int = 6066
+    web_port: int | None = 6066
     exactly_once: bool = False
     topics: Topics = field(default_factory=Topics)
 

@@ -1,0 +1,5 @@
+import sys
+
+from fraud.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Faust wiring: the app, its topics and tables, and thin agents that call the pure core."""

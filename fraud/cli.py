@@ -1,0 +1,427 @@
+"""``fraud``: the command line. Argument parsing and error reporting only.
+
+Every flag that a container needs has an environment fallback, shown in ``--help``. Known
+failures (bad files, bad flags, unreachable brokers) print one line and exit 2 (usage) or 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+
+from fraud.broker import BrokerError, EmbeddedBroker, ensure_topics, read_info, stop_pid
+from fraud.currency import CurrencyError
+from fraud.settings import DEFAULT_BROKERS, Settings
+
+EPILOG = "Docs: README.md. Environment: KAFKA_BOOTSTRAP sets --brokers for every command."
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _add_kafka(p: argparse.ArgumentParser, partitions: bool = True) -> None:
+    p.add_argument(
+        "--brokers",
+        default=_env("KAFKA_BOOTSTRAP", DEFAULT_BROKERS),
+        help="Kafka bootstrap servers, host:port[,host:port] (env KAFKA_BOOTSTRAP; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--topic-prefix",
+        default=_env("FRAUD_TOPIC_PREFIX", ""),
+        help="prefix for every topic name (env FRAUD_TOPIC_PREFIX)",
+    )
+    if partitions:
+        p.add_argument(
+            "--partitions",
+            type=int,
+            default=int(_env("FRAUD_PARTITIONS", "4") or 4),
+            help="partitions of the input topics and state tables (env FRAUD_PARTITIONS; "
+            "default %(default)s)",
+        )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = Settings.from_env()
+    return base.with_overrides(
+        brokers=getattr(args, "brokers", None),
+        topic_prefix=getattr(args, "topic_prefix", None),
+        partitions=getattr(args, "partitions", None),
+        data_dir=getattr(args, "data_dir", None),
+        app_id=getattr(args, "app_id", None),
+        batch_max=getattr(args, "batch_max", None),
+        amount_threshold=getattr(args, "amount_threshold", None),
+    )
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraud",
+        description="Stream-processing fraud detection: transactions in, decisions and alerts out.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="run everything once on an embedded broker and print a summary",
+        description="Start an embedded broker, create topics, start a worker, replay a "
+        "simulated labelled file (plus a few bad messages), read every decision back, print "
+        "a summary and stop everything.",
+    )
+    p.add_argument("--customers", type=_positive(int), default=300, help="default %(default)s")
+    p.add_argument("--days", type=_positive(int), default=30, help="default %(default)s")
+    p.add_argument(
+        "--rate", type=_positive(float), default=2000.0,
+        help="replay rate in transactions/s (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--max-speed", action="store_true", help="replay as fast as possible")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--external", action="store_true",
+        help="use the broker at --brokers instead of starting an embedded one",
+    )  # fmt: skip
+    _add_kafka(p)
+
+    p = sub.add_parser("broker", help="start, stop or inspect the embedded broker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(_env("FRAUD_BROKER_DIR", ".fraud/broker") or ""),
+        help="broker data directory (env FRAUD_BROKER_DIR; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=9092, help="Kafka port (default %(default)s)")
+    p.add_argument(
+        "--foreground", action="store_true", help="with start: stay attached until Ctrl-C"
+    )
+
+    p = sub.add_parser("topics", help="create the engine's topics (idempotent)")
+    _add_kafka(p)
+
+    p = sub.add_parser(
+        "worker",
+        help="run a detection worker (Faust app)",
+        description="Consume transactions, keep per-customer windows in RocksDB, score, and "
+        "emit decisions, alerts and dead letters. Stops cleanly on SIGTERM/Ctrl-C.",
+    )
+    _add_kafka(p)
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(_env("FRAUD_DATA_DIR", ".fraud") or ""),
+        help="local state directory (env FRAUD_DATA_DIR; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--app-id", default=_env("FRAUD_APP_ID", "fraud-worker"),
+        help="consumer group and table namespace (env FRAUD_APP_ID; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--batch-max", type=_positive(int), help="micro-batch size (default 1000)")
+    p.add_argument(
+        "--amount-threshold", type=_positive(float),
+        help="amounts above this (major units) go to REVIEW (env FRAUD_AMOUNT_THRESHOLD; "
+        "default 220)",
+    )  # fmt: skip
+    p.add_argument(
+        "--web-port", type=int, default=6066, help="Faust web port, 0 disables (default 6066)"
+    )
+    p.add_argument("--ready-file", type=Path, help="touch this file once the worker is ready")
+
+    p = sub.add_parser(
+        "replay",
+        help="replay a transaction file (CSV, JSONL, Parquet) into Kafka",
+        description="Produce each row as a Transaction keyed by customer. Column names are "
+        "detected (ours, or the handbook's TRANSACTION_ID/TX_DATETIME/...) or given with "
+        "--map. Event time travels in the payload; nothing is lost to topic retention.",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument(
+        "--map", dest="mapping", metavar="FIELD=COLUMN,...",
+        help="column mapping, e.g. 'event_time=TX_DATETIME,amount=TX_AMOUNT'; fields: "
+        "transaction_id customer_id terminal_id amount currency event_time "
+        "utc_offset_minutes latitude longitude device_id fraud",
+    )  # fmt: skip
+    p.add_argument("--currency", default="EUR", help="currency when the file has none (EUR)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=_positive(float),
+        help="pace by event time at this factor (e.g. 3600: an hour per second)",
+    )  # fmt: skip
+    pace.add_argument("--rate", type=_positive(float), help="fixed rate, transactions/s")
+    p.add_argument(
+        "--label-delay-days", type=float,
+        help="publish the file's fraud labels to the labels topic this many days (event "
+        "time) after each transaction",
+    )  # fmt: skip
+    p.add_argument("--limit", type=_positive(int), help="stop after this many transactions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-create-topics", action="store_true", help="do not create topics")
+    _add_kafka(p)
+
+    for name, help_text in (
+        ("alerts", "print alerts as they arrive"),
+        ("tail", "print decisions, alerts or dead letters as they arrive"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        if name == "tail":
+            p.add_argument("kind", choices=["decisions", "alerts", "dead-letters"])
+        p.add_argument("--from-beginning", action="store_true", help="start at the oldest")
+        p.add_argument("--json", action="store_true", help="JSON lines instead of text")
+        p.add_argument("--limit", type=_positive(int), help="stop after this many")
+        p.add_argument(
+            "--idle-timeout", type=_positive(float), help="stop after this many idle seconds"
+        )
+        _add_kafka(p, partitions=False)
+
+    p = sub.add_parser(
+        "simulate",
+        help="write a labelled transaction file (handbook-style simulator)",
+        description="Customers, terminals and three fraud scenarios as in the open handbook "
+        "'Reproducible Machine Learning for Credit Card Fraud Detection'. Defaults give about "
+        "1.75 million transactions.",
+    )
+    p.add_argument("output", type=Path, help="output .csv or .jsonl")
+    p.add_argument("--customers", type=_positive(int), default=5000)
+    p.add_argument("--terminals", type=_positive(int), default=10000)
+    p.add_argument("--days", type=_positive(int), default=183)
+    p.add_argument("--start", type=date.fromisoformat, default=date(2018, 4, 1))
+    p.add_argument("--radius", type=_positive(float), default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coordinates", action="store_true", help="add TX_LAT/TX_LON")
+    p.add_argument("--devices", action="store_true", help="add DEVICE_ID")
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fraud.demo import run_demo
+
+    summary = run_demo(
+        _settings(args),
+        embedded=not args.external,
+        customers=args.customers,
+        days=args.days,
+        rate=None if args.max_speed else args.rate,
+        seed=args.seed,
+        say=lambda line: print(line, flush=True),
+    )
+    print()
+    print("\n".join(summary.lines()))
+    if summary.decisions != summary.transactions - sum(summary.dead_letters.values()):
+        raise CliError(
+            f"expected one decision per valid transaction, got {summary.decisions:,} for "
+            f"{summary.transactions - sum(summary.dead_letters.values()):,}"
+        )
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if args.action == "status":
+        info = read_info(data_dir)
+        if info is None:
+            print(f"no broker running for {data_dir}")
+            return 1
+        print(f"broker running: pid {info.pid}, bootstrap {info.bootstrap}, data dir {data_dir}")
+        return 0
+    if args.action == "stop":
+        info = read_info(data_dir)
+        if info is None:
+            print(f"no broker running for {data_dir}")
+            return 0
+        clean = stop_pid(info.pid)
+        (data_dir / "broker.json").unlink(missing_ok=True)
+        print("broker stopped" if clean else "broker killed after timeout (data may be lost)")
+        return 0
+    broker = EmbeddedBroker(data_dir, args.port)
+    info = broker.start()
+    print(f"broker started: pid {info.pid}, bootstrap {info.bootstrap}, data dir {data_dir}")
+    if args.foreground:
+        try:
+            while broker.pid is not None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            broker.stop()
+            print("broker stopped")
+    else:
+        print(f"stop it with: fraud broker stop --data-dir {data_dir}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    created = ensure_topics(settings)
+    print(f"created: {', '.join(created)}" if created else "all topics exist")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from fraud.worker import run_worker
+
+    settings = dataclasses.replace(_settings(args), web_port=args.web_port or None)
+    return run_worker(
+        settings,
+        loglevel="INFO" if args.verbose else "WARNING",
+        ready_file=args.ready_file,
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fraud.replay import Pacing, count_rows, replay
+    from fraud.sources import ColumnMapping, detect_mapping, open_source, parse_mapping
+
+    settings = _settings(args)
+    mapping: ColumnMapping | None = None
+    if args.mapping:
+        first = open_source(args.file, None, args.currency)
+        mapping = parse_mapping(args.mapping, detect_mapping(first.columns))
+    source = open_source(args.file, mapping, args.currency)
+    # Catch a file in the wrong format before anything reaches Kafka.
+    for _ in itertools.islice(source, 1000):
+        pass
+    if not args.no_create_topics:
+        ensure_topics(settings)
+    total = count_rows(args.file)
+    delay = None if args.label_delay_days is None else int(args.label_delay_days * 86_400_000)
+    if delay is not None and source.mapping.fraud is None:
+        raise CliError("--label-delay-days given but the file has no fraud label column")
+    bar = tqdm(total=total, unit="tx", unit_scale=True, disable=args.no_progress, file=sys.stderr)
+    try:
+        stats = replay(
+            settings,
+            args.file,
+            source=source,
+            pacing=Pacing(speed=args.speed, rate=args.rate),
+            label_delay_ms=delay,
+            limit=args.limit,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+    print(
+        f"replayed {stats.transactions:,} transactions and {stats.labels:,} labels from "
+        f"{args.file} in {stats.seconds:.1f} s ({stats.rate:,.0f} tx/s) to "
+        f"{settings.topic_names.transactions} at {settings.brokers}"
+    )
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from fraud.subscribe import tail
+
+    kind = getattr(args, "kind", "alerts")
+    with contextlib.suppress(KeyboardInterrupt):
+        tail(
+            _settings(args),
+            kind,
+            sys.stdout,
+            from_beginning=args.from_beginning,
+            as_json=args.json,
+            limit=args.limit,
+            idle_timeout_s=args.idle_timeout,
+        )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fraud.simulate import SimulationConfig, fraud_stats, simulate, write_file
+
+    config = SimulationConfig(
+        n_customers=args.customers,
+        n_terminals=args.terminals,
+        n_days=args.days,
+        start_date=args.start,
+        radius=args.radius,
+        seed=args.seed,
+        with_coordinates=args.coordinates,
+        with_devices=args.devices,
+    )
+    sim = simulate(config)
+    if len(sim) == 0:
+        raise CliError(
+            "the simulation produced no transactions: no customer has a terminal within "
+            f"--radius {args.radius}; raise --terminals or --radius"
+        )
+    with tqdm(total=len(sim), unit="tx", unit_scale=True, file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(rows: int) -> None:
+            bar.update(rows - done[0])
+            done[0] = rows
+
+        write_file(sim, args.output, progress)
+    stats = fraud_stats(sim)
+    print(
+        f"wrote {len(sim):,} transactions to {args.output} "
+        f"({stats['fraud_rate']:.2%} fraud: scenario 1 {stats['scenario_1']:.0f}, "
+        f"2 {stats['scenario_2']:.0f}, 3 {stats['scenario_3']:.0f})"
+    )
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "broker": cmd_broker,
+    "topics": cmd_topics,
+    "worker": cmd_worker,
+    "replay": cmd_replay,
+    "alerts": cmd_tail,
+    "tail": cmd_tail,
+    "simulate": cmd_simulate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        # librdkafka's connection chatter would drown the one-line error; -v shows it.
+        logging.getLogger("fraud.rdkafka").setLevel(logging.CRITICAL)
+    from fraud.demo import DemoError
+    from fraud.replay import ReplayError
+    from fraud.sources import SourceError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("fraud: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, SourceError, BrokerError, ReplayError, DemoError, CurrencyError) as exc:
+        print(f"fraud: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, KafkaException) as exc:
+        print(f"fraud: error: {exc}", file=sys.stderr)
+        return 1

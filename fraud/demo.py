@@ -1,0 +1,290 @@
+"""``fraud demo``: the whole pipeline once, on an embedded broker, with a summary.
+
+Starts a broker (unless ``--brokers`` points at one), creates the topics, starts a worker
+process, simulates a small labelled file, replays it with a few deliberately bad messages,
+reads every decision back, prints a summary and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer
+
+from fraud.broker import EmbeddedBroker, ensure_topics, free_port
+from fraud.replay import Pacing, ReplayStats, producer, replay
+from fraud.settings import Settings
+from fraud.simulate import SimulationConfig, fraud_stats, simulate, write_file
+from fraud.subscribe import open_consumer
+from fraud.v1.alert_pb2 import Alert
+from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.decision_pb2 import Action, Decision
+from fraud.v1.transaction_pb2 import Transaction
+
+Say = Callable[[str], None]
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoSummary:
+    transactions: int = 0
+    labels: int = 0
+    decisions: int = 0
+    alerts_by_action: dict[str, int] = field(default_factory=dict)
+    alerts_on_fraud: int = 0
+    frauds: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[int] = field(default_factory=list)
+    replay_seconds: float = 0.0
+    worker_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        values = sorted(self.latencies_ms)
+        if not values:
+            return float("nan")
+        return float(values[min(len(values) - 1, int(q * len(values)))])
+
+    def lines(self) -> list[str]:
+        alerts = sum(self.alerts_by_action.values())
+        by_action = ", ".join(f"{k} {v}" for k, v in sorted(self.alerts_by_action.items()))
+        dead = ", ".join(f"{k} {v}" for k, v in sorted(self.dead_letters.items())) or "none"
+        rate = self.decisions / self.worker_seconds if self.worker_seconds > 0 else 0.0
+        return [
+            "fraud demo summary",
+            f"  transactions in     {self.transactions:>9,}  (+ {self.labels:,} labels)",
+            f"  decisions out       {self.decisions:>9,}  (one per valid transaction)",
+            f"  alerts raised       {alerts:>9,}  ({by_action or 'none'}); "
+            f"{self.alerts_on_fraud:,} on the {self.frauds:,} labelled frauds",
+            f"  dead letters        {sum(self.dead_letters.values()):>9,}  ({dead})",
+            f"  decision latency    p50 {self.percentile(0.50):.0f} ms, "
+            f"p99 {self.percentile(0.99):.0f} ms  (Kafka ingest -> decision)",
+            f"  worker throughput   {rate:>9,.0f} tx/s  (first ingest -> last decision)",
+            f"  worker start        {self.startup_seconds:9.1f} s   wall time "
+            f"{self.wall_seconds:.1f} s",
+        ]
+
+
+BAD_MESSAGES: list[tuple[bytes, bytes]] = [
+    (b"bad-1", b"\xff\xfenot a protobuf"),
+    (
+        b"c-neg",
+        Transaction(
+            transaction_id="bad-negative",
+            customer_id="c-neg",
+            terminal_id="t",
+            amount_minor=-500,
+            currency="EUR",
+            event_time_ms=1_522_540_800_000,
+        ).SerializeToString(),
+    ),
+    (
+        b"c-cur",
+        Transaction(
+            transaction_id="bad-currency",
+            customer_id="c-cur",
+            terminal_id="t",
+            amount_minor=500,
+            currency="XXX",
+            event_time_ms=1_522_540_800_000,
+        ).SerializeToString(),
+    ),
+]
+
+
+@contextlib.contextmanager
+def worker_process(
+    settings: Settings, workdir: Path, say: Say, timeout_s: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``fraud worker`` as a child process until the block ends; stop it with SIGTERM."""
+    ready = workdir / "worker.ready"
+    ready.unlink(missing_ok=True)
+    log_path = workdir / "worker.log"
+    cmd = [
+        sys.executable, "-m", "fraud", "worker",
+        "--brokers", settings.brokers,
+        "--data-dir", str(settings.data_dir),
+        "--partitions", str(settings.partitions),
+        "--app-id", settings.app_id,
+        "--web-port", "0",
+        "--ready-file", str(ready),
+    ]  # fmt: skip
+    if settings.topic_prefix:
+        cmd += ["--topic-prefix", settings.topic_prefix]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-800:]
+                raise DemoError(f"worker exited with {proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"worker not ready after {timeout_s:.0f} s (log: {log_path})")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                say("worker did not stop in 30 s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def collect(
+    consumer: Consumer, want: int, timeout_s: float, handle: Callable[[bytes], None]
+) -> int:
+    """Read until ``want`` messages arrived or nothing new came for ``timeout_s``."""
+    got = 0
+    last = time.monotonic()
+    while got < want and time.monotonic() - last < timeout_s:
+        for msg in consumer.consume(1000, 0.2):
+            if msg.error() is None:
+                handle(msg.value() or b"")
+                got += 1
+                last = time.monotonic()
+    return got
+
+
+def drain(consumer: Consumer, quiet_s: float, handle: Callable[[bytes], None]) -> int:
+    return collect(consumer, sys.maxsize, quiet_s, handle)
+
+
+def run_demo(
+    base: Settings,
+    *,
+    embedded: bool = True,
+    workdir: Path | None = None,
+    customers: int = 300,
+    days: int = 30,
+    rate: float | None = 2000.0,
+    seed: int = 0,
+    say: Say = print,
+    progress: Callable[[int], None] | None = None,
+) -> DemoSummary:
+    started = time.monotonic()
+    own_dir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="fraud-demo-")) if workdir is None else workdir
+    root.mkdir(parents=True, exist_ok=True)
+    summary = DemoSummary()
+    broker: EmbeddedBroker | None = None
+    try:
+        settings = base.with_overrides(data_dir=root / "state")
+        if embedded:
+            broker = EmbeddedBroker(root / "broker", free_port())
+            broker.start()
+            settings = settings.with_overrides(brokers=broker.bootstrap)
+            say(f"broker: embedded noida-db on {broker.bootstrap} (pid {broker.pid})")
+        else:
+            say(f"broker: {settings.brokers}")
+        created = ensure_topics(settings)
+        say(f"topics: {', '.join(created) if created else 'already there'}")
+
+        sim = simulate(
+            SimulationConfig(
+                n_customers=customers, n_terminals=2 * customers, n_days=days, seed=seed
+            )
+        )
+        data = root / "transactions.csv"
+        write_file(sim, data)
+        stats = fraud_stats(sim)
+        fraud_ids = {str(i) for i in sim.transaction_id[sim.fraud == 1].tolist()}
+        summary.frauds = int(stats["n_fraud"])
+        say(
+            f"simulated {len(sim):,} transactions of {customers} customers over {days} days "
+            f"({stats['fraud_rate']:.2%} fraud) -> {data}"
+        )
+
+        t0 = time.monotonic()
+        with worker_process(settings, root, say):
+            summary.startup_seconds = time.monotonic() - t0
+            say(f"worker ready in {summary.startup_seconds:.1f} s")
+            names = settings.topic_names
+            decisions = open_consumer(settings, names.decisions, from_beginning=True)
+            alerts = open_consumer(settings, names.alerts, from_beginning=True)
+            dead = open_consumer(settings, names.dead_letters, from_beginning=True)
+            try:
+                pace = "as fast as possible" if rate is None else f"at {rate:,.0f} tx/s"
+                say(f"replaying {pace}, labels 7 days after each transaction ...")
+                stats_replay: ReplayStats = replay(
+                    settings,
+                    data,
+                    pacing=Pacing(rate=rate),
+                    label_delay_ms=7 * 86_400_000,
+                    progress=progress,
+                )
+                bad = producer(settings.brokers)
+                for key, value in BAD_MESSAGES:
+                    bad.produce(names.transactions, key=key, value=value)
+                bad.flush(30)
+                summary.transactions = stats_replay.transactions + len(BAD_MESSAGES)
+                summary.labels = stats_replay.labels
+                summary.replay_seconds = stats_replay.seconds
+                say(
+                    f"replayed {stats_replay.transactions:,} transactions in "
+                    f"{stats_replay.seconds:.1f} s (+ {len(BAD_MESSAGES)} bad messages)"
+                )
+                first_ingest: list[int] = []
+                last_decided: list[int] = []
+
+                def on_decision(value: bytes) -> None:
+                    d = Decision()
+                    d.ParseFromString(value)
+                    summary.latencies_ms.append(d.decided_at_ms - d.ingested_at_ms)
+                    first_ingest.append(d.ingested_at_ms)
+                    last_decided.append(d.decided_at_ms)
+
+                summary.decisions = collect(decisions, stats_replay.transactions, 60, on_decision)
+                if first_ingest:
+                    summary.worker_seconds = (max(last_decided) - min(first_ingest)) / 1000
+
+                def on_alert(value: bytes) -> None:
+                    a = Alert()
+                    a.ParseFromString(value)
+                    kind = Action.Name(a.decision.action)
+                    summary.alerts_by_action[kind] = summary.alerts_by_action.get(kind, 0) + 1
+                    if a.decision.transaction_id in fraud_ids:
+                        summary.alerts_on_fraud += 1
+
+                def on_dead(value: bytes) -> None:
+                    letter = DeadLetter()
+                    letter.ParseFromString(value)
+                    summary.dead_letters[letter.reason] = (
+                        summary.dead_letters.get(letter.reason, 0) + 1
+                    )
+
+                collect(dead, len(BAD_MESSAGES), 10, on_dead)
+                drain(alerts, 1.0, on_alert)
+            finally:
+                for consumer in (decisions, alerts, dead):
+                    consumer.close()
+        say("worker stopped")
+    finally:
+        if broker is not None:
+            clean = broker.stop()
+            say("broker stopped" + ("" if clean else " (killed after timeout)"))
+        if own_dir:
+            shutil.rmtree(root, ignore_errors=True)
+    summary.wall_seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,102 @@
+"""Helpers for tests and tools: a controllable clock, raw records, random transactions.
+
+Nothing here touches Kafka; ``make_record`` builds the ``RawRecord`` an agent would receive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fraud.currency import exponent
+from fraud.pipeline import RawRecord
+from fraud.v1.transaction_pb2 import Transaction
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+# A card has one billing currency; random customers get one of these (exponents 2, 2, 0, 3).
+DEFAULT_CURRENCIES: tuple[str, ...] = ("EUR", "USD", "JPY", "BHD")
+
+
+class FakeClock:
+    """Wall-clock milliseconds that only move when told; callable like ``Detector``'s clock."""
+
+    def __init__(self, now_ms: int = 1_700_000_000_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int = 1) -> int:
+        """Move forward by ``ms`` (not backwards); return the new time."""
+        if ms < 0:
+            raise ValueError(f"a clock does not go back: advance({ms})")
+        self.now_ms += ms
+        return self.now_ms
+
+
+def make_record(
+    tx: Transaction,
+    partition: int = 0,
+    offset: int = 0,
+    topic: str = "transactions",
+    timestamp_ms: int | None = None,
+) -> RawRecord:
+    """The record a producer keying by customer_id would write for ``tx``.
+
+    ``timestamp_ms`` (the Kafka message timestamp) defaults to the transaction's event time.
+    """
+    return RawRecord(
+        key=tx.customer_id.encode(),
+        value=tx.SerializeToString(),
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=tx.event_time_ms if timestamp_ms is None else timestamp_ms,
+    )
+
+
+def random_transactions(
+    rng: np.random.Generator,
+    n: int,
+    n_customers: int,
+    start_ms: int,
+    span_days: int,
+    *,
+    grid_ms: int = 6 * HOUR_MS,
+    currencies: tuple[str, ...] = DEFAULT_CURRENCIES,
+) -> list[Transaction]:
+    """``n`` valid transactions of ``n_customers`` customers over ``span_days`` from ``start_ms``.
+
+    Sorted by event time (stable: ties keep generation order). Times sit on a coarse grid of
+    ``grid_ms`` so that there are many ties and many gaps of exactly 1, 7 or 30 days. Each
+    customer has one currency; amounts are mostly small with a tail above 220 major units and
+    a few zeros. Some transactions carry a location.
+    """
+    if n_customers < 1 or span_days < 1 or grid_ms < 1:
+        raise ValueError("n_customers, span_days and grid_ms must be positive")
+    slots = max(1, span_days * DAY_MS // grid_ms)
+    customer_currency = [currencies[int(i)] for i in rng.integers(0, len(currencies), n_customers)]
+    txs: list[Transaction] = []
+    for i in range(n):
+        c = int(rng.integers(0, n_customers))
+        currency = customer_currency[c]
+        major = float(rng.lognormal(mean=3.5, sigma=1.2))
+        if rng.random() < 0.03:
+            major = 0.0
+        scale = 10 ** exponent(currency)
+        tx = Transaction(
+            transaction_id=f"tx-{i:06d}",
+            customer_id=f"cust-{c:04d}",
+            terminal_id=f"term-{int(rng.integers(0, 50)):03d}",
+            amount_minor=round(major * scale),
+            currency=currency,
+            event_time_ms=start_ms + int(rng.integers(0, slots)) * grid_ms,
+            utc_offset_minutes=int(rng.choice([-300, 0, 60, 540])),
+        )
+        if rng.random() < 0.3:
+            tx.latitude = float(rng.uniform(-90, 90))
+            tx.longitude = float(rng.uniform(-180, 180))
+        txs.append(tx)
+    txs.sort(key=lambda t: t.event_time_ms)
+    return txs

@@ -1,0 +1,51 @@
+"""Run the detection worker: warm the kernels, make sure the topics exist, start Faust."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust.worker
+
+from fraud.app import create_app
+from fraud.broker import ensure_topics
+from fraud.pipeline import warmup
+from fraud.settings import Settings
+
+log = logging.getLogger("fraud.worker")
+
+
+class _Worker(faust.worker.Worker):
+    """Faust's worker, writing a ready file once recovery is done and the agent runs."""
+
+    def __init__(self, *args: Any, ready_file: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ready_file = ready_file
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        log.warning("fraud worker ready")
+        if self._ready_file is not None:
+            self._ready_file.write_text(str(time.time()))
+
+
+def run_worker(
+    settings: Settings, *, loglevel: str = "WARNING", ready_file: Path | None = None
+) -> int:
+    """Block running the worker until SIGTERM/SIGINT; returns the exit code."""
+    started = time.perf_counter()
+    warmup()
+    log.info("kernels warm in %.2f s", time.perf_counter() - started)
+    ensure_topics(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    worker = _Worker(
+        app,
+        loglevel=loglevel,
+        quiet=True,
+        ready_file=ready_file,
+    )
+    worker.execute_from_commandline()
+    return 0

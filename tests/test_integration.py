@@ -1,0 +1,238 @@
+"""End to end through the real broker: replay -> worker process -> decisions, alerts, DLQ."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from google.protobuf.message import Message
+
+from fraud.broker import ensure_topics
+from fraud.demo import worker_process
+from fraud.features import FEATURES
+from fraud.pipeline import DetectorConfig
+from fraud.reference.decide import reference_decide
+from fraud.reference.windows import reference_windows
+from fraud.replay import replay
+from fraud.settings import Settings
+from fraud.simulate import Simulated, SimulationConfig, simulate, write_file
+from fraud.subscribe import open_consumer
+from fraud.v1.alert_pb2 import Alert
+from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.decision_pb2 import ALLOW, Decision
+from fraud.v1.label_pb2 import Label
+from fraud.v1.transaction_pb2 import Transaction
+from fraud.windows import DAY_MS, WINDOW_DAYS
+
+pytestmark = pytest.mark.integration
+
+
+M = TypeVar("M", bound=Message)
+
+
+def read_topic(
+    settings: Settings, topic: str, cls: Callable[[], M], want: int, idle_s: float = 15.0
+) -> list[tuple[M, int]]:
+    """Messages of ``topic`` from the beginning, with their Kafka timestamps, until ``want``."""
+    consumer = open_consumer(settings, topic, from_beginning=True)
+    out: list[tuple[M, int]] = []
+    last = time.monotonic()
+    try:
+        while len(out) < want and time.monotonic() - last < idle_s:
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    value = cls()
+                    value.ParseFromString(msg.value() or b"")
+                    out.append((value, msg.timestamp()[1]))
+                    last = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def expected(sim: Simulated, rows: slice = slice(None)) -> dict[str, tuple[list[float], int]]:
+    """Features and action per transaction id, from the slow reference over the whole file."""
+    config = DetectorConfig()
+    window_ms = [d * DAY_MS for d in WINDOW_DAYS]
+    counts, sums = reference_windows(
+        sim.customer_id.tolist(), sim.event_time_ms.tolist(), sim.amount_cents.tolist(), window_ms
+    )
+    out: dict[str, tuple[list[float], int]] = {}
+    ids = sim.transaction_id.tolist()
+    amounts = sim.amount_cents.tolist()
+    for i in range(len(sim))[rows]:
+        feats = [amounts[i] / 100]
+        for c, s in zip(counts[i], sums[i], strict=True):
+            feats += [float(c), s / c / 100]
+        _, action, _ = reference_decide(
+            feats[0], feats[-1], config.amount_threshold, config.review_score, config.block_score
+        )
+        out[str(ids[i])] = (feats, action)
+    return out
+
+
+def check_decisions(decisions: list[Decision], want: dict[str, tuple[list[float], int]]) -> None:
+    assert len(decisions) == len(want)
+    assert {d.transaction_id for d in decisions} == set(want)
+    for d in decisions:
+        feats, action = want[d.transaction_id]
+        got = [d.features[name] for name in FEATURES]
+        np.testing.assert_allclose(got, feats, rtol=0, atol=1e-9, err_msg=d.transaction_id)
+        assert d.action == action, d.transaction_id
+
+
+def small_file(tmp_path: Path, seed: int = 3) -> tuple[Simulated, Path]:
+    sim = simulate(SimulationConfig(n_customers=60, n_terminals=120, n_days=40, seed=seed))
+    path = tmp_path / "tx.csv"
+    write_file(sim, path)
+    return sim, path
+
+
+def test_replay_gives_one_exact_decision_per_transaction(
+    settings: Settings, tmp_path: Path
+) -> None:
+    sim, path = small_file(tmp_path)
+    n = len(sim)
+    assert n > 3000
+    ensure_topics(settings)
+    names = settings.topic_names
+    started_ms = time.time_ns() // 1_000_000
+    with worker_process(settings, tmp_path, print):
+        stats = replay(settings, path, label_delay_ms=7 * DAY_MS)
+        decisions = [d for d, _ in read_topic(settings, names.decisions, Decision, n)]
+        alerts = [a for a, _ in read_topic(settings, names.alerts, Alert, n, idle_s=3)]
+    assert stats.transactions == n
+    want = expected(sim)
+    check_decisions(decisions, want)
+    flagged = {tid for tid, (_, action) in want.items() if action != ALLOW}
+    assert flagged, "the file should contain transactions the engine flags"
+    assert sorted(a.decision.transaction_id for a in alerts) == sorted(flagged)
+    assert all(a.alert_id == f"{a.decision.transaction_id}/{a.type[6:]}" for a in alerts)
+
+    # Replayed 2018 history: event time in the payload, wall-clock Kafka timestamps, so that
+    # time-based retention cannot delete it; nothing was lost.
+    txs = read_topic(settings, names.transactions, Transaction, n)
+    assert len(txs) == n
+    assert all(ts >= started_ms - 60_000 for _, ts in txs)
+    assert max(tx.event_time_ms for tx, _ in txs) < started_ms - 365 * DAY_MS
+
+    # Labels: one per labelled row, 7 days after the transaction, never ahead of replay time.
+    labels = [lab for lab, _ in read_topic(settings, names.labels, Label, n)]
+    assert stats.labels == len(labels) == n
+    assert sum(lab.fraud for lab in labels) == int(sim.fraud.sum())
+    assert all(lab.event_time_ms - lab.transaction_time_ms == 7 * DAY_MS for lab in labels)
+
+
+def test_bad_messages_go_to_dead_letters(settings: Settings, tmp_path: Path) -> None:
+    ensure_topics(settings)
+    names = settings.topic_names
+    base = 1_522_540_800_000
+    good = [
+        Transaction(
+            transaction_id=f"ok-{i}",
+            customer_id=f"c{i % 3}",
+            terminal_id="t1",
+            amount_minor=1000 + i,
+            currency="EUR",
+            event_time_ms=base + i * 1000,
+        )
+        for i in range(6)
+    ]
+    bad: list[tuple[bytes | None, bytes, str]] = [
+        (b"x", b"\x00\x01garbage\xff", "decode_error"),
+        (b"c9", Transaction(transaction_id="neg", customer_id="c9", terminal_id="t",
+                            amount_minor=-1, currency="EUR",
+                            event_time_ms=base).SerializeToString(), "invalid_amount"),
+        (b"c9", Transaction(transaction_id="cur", customer_id="c9", terminal_id="t",
+                            amount_minor=1, currency="ZZZ",
+                            event_time_ms=base).SerializeToString(), "unknown_currency"),
+        (b"c9", Transaction(transaction_id="old", customer_id="c9", terminal_id="t",
+                            amount_minor=1, currency="EUR",
+                            event_time_ms=-5).SerializeToString(), "invalid_event_time"),
+        (b"c9", Transaction(customer_id="c9", terminal_id="t", amount_minor=1, currency="EUR",
+                            event_time_ms=base).SerializeToString(), "missing_transaction_id"),
+        (b"c8", good[0].SerializeToString(), "wrong_key"),
+    ]  # fmt: skip
+    producer = Producer({"bootstrap.servers": settings.brokers})
+    delivered: dict[bytes, tuple[int, int]] = {}
+
+    def on_delivery(err: object, msg: object) -> None:
+        assert err is None
+        delivered[msg.value()] = (msg.partition(), msg.offset())  # type: ignore[attr-defined]
+
+    with worker_process(settings, tmp_path, print):
+        for i, tx in enumerate(good):
+            producer.produce(
+                names.transactions, key=tx.customer_id.encode(), value=tx.SerializeToString()
+            )
+            if i < len(bad):
+                key, value, _ = bad[i]
+                producer.produce(names.transactions, key=key, value=value, on_delivery=on_delivery)
+        producer.flush(30)
+        letters = [x for x, _ in read_topic(settings, names.dead_letters, DeadLetter, len(bad))]
+        decisions = [d for d, _ in read_topic(settings, names.decisions, Decision, len(good))]
+    assert sorted(d.transaction_id for d in decisions) == sorted(tx.transaction_id for tx in good)
+    by_payload = {x.payload: x for x in letters}
+    assert len(letters) == len(bad)
+    for key, value, reason in bad:
+        letter = by_payload[value]
+        assert letter.reason == reason
+        assert letter.detail
+        assert letter.key == key
+        assert letter.source_topic == names.transactions
+        assert (letter.source_partition, letter.source_offset) == delivered[value]
+
+
+def test_state_survives_worker_restart_from_changelog(settings: Settings, tmp_path: Path) -> None:
+    """Stop the worker half-way, wipe its local RocksDB, and carry on: the changelog restores
+    every customer's window, so the second half's features are still exact."""
+    sim, path = small_file(tmp_path, seed=11)
+    n = len(sim)
+    half = n // 2
+    ensure_topics(settings)
+    names = settings.topic_names
+    with worker_process(settings, tmp_path, print):
+        replay(settings, path, limit=half)
+        first = read_topic(settings, names.decisions, Decision, half)
+        assert len(first) == half
+    shutil.rmtree(settings.data_dir)
+    rest = tmp_path / "rest.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    rest.write_text(lines[0] + "".join(lines[1 + half :]))
+    with worker_process(settings, tmp_path, print):
+        replay(settings, rest)
+        decisions = [d for d, _ in read_topic(settings, names.decisions, Decision, n)]
+    check_decisions(decisions, expected(sim))
+
+
+def test_demo_command_runs_and_leaves_nothing_behind(settings: Settings) -> None:
+    cmd = [
+        sys.executable, "-m", "fraud", "demo", "--external",
+        "--brokers", settings.brokers, "--topic-prefix", settings.topic_prefix,
+        "--customers", "30", "--days", "10", "--rate", "3000",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fraud demo summary" in done.stdout
+    assert "dead letters                3" in done.stdout
+    leftover = [
+        proc.parent.name
+        for proc in Path("/proc").glob("[0-9]*/cmdline")
+        if settings.topic_prefix.encode() in _read(proc)
+    ]
+    assert leftover == [], "processes left behind by the demo"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

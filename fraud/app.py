@@ -17,6 +17,7 @@ import faust
 
 from fraud.agents.emitter import KafkaEmitter
 from fraud.agents.table_store import FaustTableStore
+from fraud.agents.transport import LowLatencyTransport
 from fraud.contracts import dead_letter_headers
 from fraud.pipeline import BatchResult, Detector, DetectorConfig, RawRecord
 from fraud.settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
     )
+    app.transport = LowLatencyTransport(app.conf.broker_consumer, app)
     transactions = _raw_topic(app, names.transactions, settings.partitions)
     table = app.Table(
         CUSTOMER_TABLE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,13 +16,13 @@ import pytest
 from confluent_kafka import Producer
 from google.protobuf.message import Message
 
-from fraud.broker import ensure_topics
+from fraud.broker import ensure_topics, free_port, read_info
 from fraud.demo import worker_process
 from fraud.features import FEATURES
 from fraud.pipeline import DetectorConfig
 from fraud.reference.decide import reference_decide
 from fraud.reference.windows import reference_windows
-from fraud.replay import replay
+from fraud.replay import Pacing, replay
 from fraud.settings import Settings
 from fraud.simulate import Simulated, SimulationConfig, simulate, write_file
 from fraud.subscribe import open_consumer
@@ -236,3 +237,75 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def test_tail_prints_dead_letters_as_json_lines(settings: Settings, tmp_path: Path) -> None:
+    ensure_topics(settings)
+    producer = Producer({"bootstrap.servers": settings.brokers})
+    for i in range(3):
+        producer.produce(settings.topic_names.transactions, key=b"k", value=b"\xffbad%d" % i)
+    producer.flush(30)
+    with worker_process(settings, tmp_path, print):
+        cmd = [
+            sys.executable, "-m", "fraud", "tail", "dead-letters", "--from-beginning", "--json",
+            "--limit", "3", "--idle-timeout", "20",
+            "--brokers", settings.brokers, "--topic-prefix", settings.topic_prefix,
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == 3
+    assert {r["reason"] for r in records} == {"decode_error"}
+    assert {r["source_topic"] for r in records} == {settings.topic_names.transactions}
+
+
+def test_replay_paced_by_event_time(settings: Settings, tmp_path: Path) -> None:
+    """--speed F: the replay waits (event time gap / F) between transactions."""
+    path = tmp_path / "paced.csv"
+    rows = ["transaction_id,customer_id,terminal_id,amount,event_time"]
+    rows += [f"p{i},c{i % 2},t1,1.00,2018-04-01 00:{i:02d}:00" for i in range(6)]
+    path.write_text("\n".join(rows) + "\n")
+    ensure_topics(settings)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    stats = replay(settings, path, pacing=Pacing(speed=60.0), clock=lambda: now[0], sleep=sleep)
+    assert stats.transactions == 6
+    # one minute of event time between rows, at 60x: one second of wall time each
+    assert slept == pytest.approx([1.0] * 5)
+    got = read_topic(settings, settings.topic_names.transactions, Transaction, 6)
+    assert sorted(tx.transaction_id for tx, _ in got) == [f"p{i}" for i in range(6)]
+
+
+def test_broker_command_start_status_stop(tmp_path: Path) -> None:
+    data = tmp_path / "b"
+    port = str(free_port())
+    base = [sys.executable, "-m", "fraud", "broker"]
+    started = subprocess.run(
+        [*base, "start", "--data-dir", str(data), "--port", port],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        status = subprocess.run(
+            [*base, "status", "--data-dir", str(data)], capture_output=True, text=True, check=False
+        )
+        assert status.returncode == 0
+        assert f"127.0.0.1:{port}" in status.stdout
+        again = subprocess.run(
+            [*base, "start", "--data-dir", str(data), "--port", port],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert again.returncode == 1
+        assert "already runs" in again.stderr
+    finally:
+        stopped = subprocess.run(
+            [*base, "stop", "--data-dir", str(data)], capture_output=True, text=True, check=False
+        )
+    assert "broker stopped" in stopped.stdout
+    assert read_info(data) is None
+    assert (data / "kafka.json").exists(), "the broker saved its data on the way out"

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=_positive(int), default=300, help="default %(default)s")
     p.add_argument("--days", type=_positive(int), default=30, help="default %(default)s")
     p.add_argument(
-        "--rate", type=_positive(float), default=2000.0,
+        "--rate", type=_positive(float), default=1000.0,
         help="replay rate in transactions/s (default %(default)s)",
     )  # fmt: skip
     p.add_argument("--max-speed", action="store_true", help="replay as fast as possible")

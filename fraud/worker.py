@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,20 @@ log = logging.getLogger("fraud.worker")
 class _Worker(faust.worker.Worker):
     """Faust's worker, writing a ready file once recovery is done and the agent runs."""
 
-    def __init__(self, *args: Any, ready_file: Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        prepare: Callable[[], None],
+        ready_file: Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self._prepare = prepare
         self._ready_file = ready_file
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
+        self._prepare()
         log.warning("fraud worker ready")
         if self._ready_file is not None:
             self._ready_file.write_text(str(time.time()))
@@ -40,9 +49,10 @@ def run_worker(
     log.info("kernels warm in %.2f s", time.perf_counter() - started)
     ensure_topics(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    built = create_app(settings)
     worker = _Worker(
-        app,
+        built.app,
+        prepare=built.prepare,
         loglevel=loglevel,
         quiet=True,
         ready_file=ready_file,

@@ -75,6 +75,11 @@ class KafkaEmitter:
             except BufferError:
                 self._producer.poll(0.005)
 
+    def warm(self, topics: Sequence[str], timeout_s: float = 10.0) -> None:
+        """Fetch the topics' metadata now, so the first batch does not wait for it."""
+        for topic in topics:
+            self._producer.list_topics(topic, timeout=timeout_s)
+
     def poll(self) -> None:
         self._producer.poll(0)
 

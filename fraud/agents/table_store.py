@@ -28,6 +28,9 @@ class FaustTableStore:
     def _db(self, partition: int) -> Any:
         return self.table.data._db_for_partition(partition)
 
+    def open_partition(self, partition: int) -> None:
+        self._db(partition)
+
     @property
     def changelog_topic(self) -> str:
         name: str = self.table.changelog_topic.get_topic_name()

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -248,9 +248,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:
+def ensure_topics(
+    settings: Settings, extra: Sequence[TopicSpec] = (), timeout_s: float = 10.0
+) -> list[str]:
     """Create missing topics; refuse input topics whose partition count differs from the tables'.
 
+    ``extra`` adds topics of other components (a sink's retry and dead-letter topics).
     Returns the names created. Faust does not create its input topics, and an auto-created
     1-partition topic would crash the agents with PartitionsMismatch, hence this step.
     """
@@ -261,7 +264,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:
         raise BrokerError(f"cannot reach Kafka at {settings.brokers}: {exc}") from None
     names = settings.topic_names
     must_match = {names.transactions, names.labels}
-    wanted = topic_specs(settings)
+    wanted = [*topic_specs(settings), *extra]
     for spec in wanted:
         if spec.name in existing and spec.name in must_match:
             have = len(existing[spec.name].partitions)

@@ -200,6 +200,55 @@ def build_parser() -> argparse.ArgumentParser:
         _add_kafka(p, partitions=False)
 
     p = sub.add_parser(
+        "notifier",
+        help="send email/SMS notifications for alerts (or any event topic)",
+        description="Its own consumer group on the topics of the config's routes: email over "
+        "SMTP and SMS through an HTTP gateway, with templates, per-recipient rate limit and "
+        "de-duplication. Failed sends end in the notifier dead-letter topic. See README.",
+    )
+    p.add_argument(
+        "--config", type=Path, required=True, help="notifier config (TOML); see README"
+    )
+    p.add_argument(
+        "--app-id", default=_env("FRAUD_APP_ID", "fraud-worker"),
+        help="prefix of the consumer group (env FRAUD_APP_ID; default %(default)s)",
+    )  # fmt: skip
+    _add_kafka(p, partitions=False)
+
+    p = sub.add_parser(
+        "webhooks",
+        help="deliver alerts as HMAC-signed webhooks, with retry topics and dead letters",
+        description="Its own consumer group on alerts. Each matching subscription gets a JSON "
+        "POST signed with HMAC-SHA256 (headers Fraud-Event-Id, Fraud-Timestamp, "
+        "Fraud-Signature); failures go through retry topics (1 s, 10 s, 1 min, 10 min) to a "
+        "dead-letter topic. The subscriptions file is re-read when it changes. See README.",
+    )
+    p.add_argument(
+        "--subscriptions", type=Path, required=True, help="subscriptions file (TOML)"
+    )
+    p.add_argument(
+        "--app-id", default=_env("FRAUD_APP_ID", "fraud-worker"),
+        help="prefix of the consumer groups (env FRAUD_APP_ID; default %(default)s)",
+    )  # fmt: skip
+    _add_kafka(p)
+
+    p = sub.add_parser(
+        "dlq",
+        help="list or re-drive webhook dead letters",
+        description="List the webhook deliveries that ended in the dead-letter topic, or "
+        "re-drive them (all, by endpoint, or by event id) once the endpoint is fixed. A "
+        "re-driven letter is marked and not re-driven twice.",
+    )
+    p.add_argument("action", choices=["list", "redrive"])
+    p.add_argument("--endpoint", help="subscription id or URL")
+    p.add_argument("--event-id", help="event id or alert id")
+    p.add_argument("--all", action="store_true", help="with redrive: every dead letter")
+    p.add_argument(
+        "--include-redriven", action="store_true", help="with list: also re-driven letters"
+    )
+    _add_kafka(p)
+
+    p = sub.add_parser(
         "simulate",
         help="write a labelled transaction file (handbook-style simulator)",
         description="Customers, terminals and three fraud scenarios as in the open handbook "
@@ -388,7 +437,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notifier(args: argparse.Namespace) -> int:
+    from fraud.sinks.notifier import serve_notifier
+
+    if not args.config.is_file():
+        raise CliError(f"{args.config}: no such config file")
+    return serve_notifier(_settings(args), args.config)
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from fraud.sinks.webhooks import serve_webhooks
+
+    if not args.subscriptions.is_file():
+        raise CliError(f"{args.subscriptions}: no such subscriptions file")
+    return serve_webhooks(_settings(args), args.subscriptions)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from fraud.sinks.dlq import list_dead_letters, redrive
+
+    settings = _settings(args)
+    if args.action == "list":
+        entries = list_dead_letters(
+            settings,
+            endpoint=args.endpoint,
+            event_id=args.event_id,
+            include_redriven=args.include_redriven,
+        )
+        for entry in entries:
+            print(entry.summary())
+        print(f"{len(entries)} dead letters")
+        return 0
+    if not (args.all or args.endpoint or args.event_id):
+        raise CliError("redrive needs --all, --endpoint or --event-id")
+    count = redrive(settings, endpoint=args.endpoint, event_id=args.event_id, all=args.all)
+    print(f"re-driven: {count}")
+    return 0
+
+
 COMMANDS = {
+    "webhooks": cmd_webhooks,
+    "dlq": cmd_dlq,
+    "notifier": cmd_notifier,
     "demo": cmd_demo,
     "broker": cmd_broker,
     "topics": cmd_topics,
@@ -412,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("fraud.rdkafka").setLevel(logging.CRITICAL)
     from fraud.demo import DemoError
     from fraud.replay import ReplayError
+    from fraud.sinks.notify import ConfigError
+    from fraud.sinks.subscriptions import SubscriptionError
     from fraud.sources import SourceError
 
     try:
@@ -419,7 +511,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fraud: interrupted", file=sys.stderr)
         return 130
-    except (CliError, SourceError, BrokerError, ReplayError, DemoError, CurrencyError) as exc:
+    except (
+        CliError,
+        SourceError,
+        BrokerError,
+        ReplayError,
+        DemoError,
+        CurrencyError,
+        ConfigError,
+        SubscriptionError,
+    ) as exc:
         print(f"fraud: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, KafkaException) as exc:

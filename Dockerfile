@@ -16,6 +16,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY fraud ./fraud
+# decision tables and model tables the worker loads (see tables/README.md)
+COPY tables ./tables
 # The README's install, without the dev extra.
 RUN pip install --no-cache-dir .
 

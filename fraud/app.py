@@ -1,6 +1,9 @@
-"""The Faust app: topics, the customer-window table and the detection agent.
+"""The Faust app: topics, the two state tables and the agents of the two stages.
 
-Everything here moves bytes; the logic is ``fraud.pipeline.Detector``.
+    transactions (key customer) --customers--> {app}-by-terminal (key terminal) --terminals-->
+    labels (key terminal) --labels--------------------------------------------^    decisions,
+                                                                                   alerts
+Everything here moves bytes; the logic is ``fraud.stages``.
 """
 
 from __future__ import annotations
@@ -8,28 +11,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from fraud.agents.emitter import KafkaEmitter
 from fraud.agents.table_store import FaustTableStore
 from fraud.agents.transport import LowLatencyTransport
+from fraud.agents.watermarks import LabelWatermarks
+from fraud.broker import TopicSpec
 from fraud.contracts import dead_letter_headers
-from fraud.pipeline import BatchResult, Detector, DetectorConfig, RawRecord
+from fraud.customer import CustomerConfig
+from fraud.pipeline import RawRecord
 from fraud.settings import Settings
+from fraud.stages import CustomerStage, Policy, TerminalStage
+from fraud.terminal import TerminalConfig
+from fraud.v1.dead_letter_pb2 import DeadLetter
 
 log = logging.getLogger("fraud.worker")
-
-CUSTOMER_TABLE = "customer-windows"
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def by_terminal_topic(settings: Settings) -> str:
+    return f"{settings.topic_prefix}{settings.app_id}-by-terminal"
+
+
+def internal_topics(settings: Settings) -> list[TopicSpec]:
+    """The repartition topic between the stages (same partitions as the tables)."""
+    return [
+        TopicSpec(
+            by_terminal_topic(settings),
+            settings.partitions,
+            {"retention.ms": str(settings.retention_ms)},
+        )
+    ]
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> Any:
@@ -43,16 +66,35 @@ def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> Any:
     )
 
 
+def _records(events: Sequence[Any]) -> list[RawRecord]:
+    return [
+        RawRecord(
+            key=e.message.key,
+            value=e.message.value,
+            topic=e.message.topic,
+            partition=e.message.partition,
+            offset=e.message.offset,
+            timestamp_ms=int(e.message.timestamp * 1000),
+        )
+        for e in events
+    ]
+
+
 @dataclass(frozen=True)
 class WorkerApp:
     app: faust.App
     # Run once partitions are assigned, before the worker says it is ready.
     prepare: Callable[[], None]
+    # Deliver whatever the stages queued; run when the worker stops.
+    close: Callable[[], None]
+    terminals: TerminalStage
+    watermarks: LabelWatermarks
 
 
-def create_app(settings: Settings) -> WorkerApp:
-    """Build the worker app for ``settings``."""
+def create_app(settings: Settings, policy: Policy) -> WorkerApp:
+    """Build the worker app for ``settings``, deciding with ``policy``."""
     names = settings.topic_names
+    repartition = by_terminal_topic(settings)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.brokers.split(",")],
@@ -60,7 +102,7 @@ def create_app(settings: Settings) -> WorkerApp:
         datadir=str(Path(settings.data_dir) / "worker"),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        processing_guarantee="exactly_once" if settings.exactly_once else "at_least_once",
+        processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.web_port is not None,
         web_port=settings.web_port or 6066,
@@ -72,26 +114,36 @@ def create_app(settings: Settings) -> WorkerApp:
     )
     app.transport = LowLatencyTransport(app.conf.broker_consumer, app)
     transactions = _raw_topic(app, names.transactions, settings.partitions)
-    table = app.Table(
-        CUSTOMER_TABLE,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.partitions,
-    )
+    by_terminal = _raw_topic(app, repartition, settings.partitions)
+    labels = _raw_topic(app, names.labels, settings.partitions)
+    tables = [
+        app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+        for name in ("customer-state", "terminal-state")
+    ]
     emitter = KafkaEmitter(settings.brokers)
-    store = FaustTableStore(table, emitter)
-    detector = Detector(DetectorConfig.from_settings(settings), store, wall_ms)
+    customer_store, terminal_store = (FaustTableStore(t, emitter) for t in tables)
+    customers = CustomerStage(
+        customer_store,
+        wall_ms,
+        CustomerConfig(allowed_lateness_ms=settings.allowed_lateness_ms),
+        settings.max_future_ms,
+    )
+    terminals = TerminalStage(
+        terminal_store,
+        wall_ms,
+        policy,
+        TerminalConfig(allowed_lateness_ms=settings.allowed_lateness_ms),
+    )
 
-    def emit(result: BatchResult) -> None:
-        for decision in result.decisions:
-            emitter.send(
-                names.decisions, decision.customer_id.encode(), decision.SerializeToString()
-            )
-        for alert in result.alerts:
-            emitter.send(
-                names.alerts, alert.decision.customer_id.encode(), alert.SerializeToString()
-            )
-        for letter in result.dead_letters:
+    def highwater(partition: int) -> int | None:
+        value = app.consumer.highwater(TP(names.labels, partition))
+        return None if value is None else int(value)
+
+    watermarks = LabelWatermarks(highwater, settings.label_wait_ms / 1000)
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
+
+    def send_dead(letters: Sequence[DeadLetter]) -> None:
+        for letter in letters:
             log.warning(
                 "dead letter %s:%d@%d %s: %s",
                 letter.source_topic,
@@ -107,37 +159,84 @@ def create_app(settings: Settings) -> WorkerApp:
                 headers=dead_letter_headers(letter),
             )
 
+    async def deliver() -> None:
+        """Deliver before the batch is acknowledged (at-least-once), without blocking the
+        event loop: the consumer keeps fetching, so the next batch grows under load."""
+        offsets = await asyncio.get_running_loop().run_in_executor(flusher, emitter.flush)
+        customer_store.on_changelog_offsets(offsets)
+        terminal_store.on_changelog_offsets(offsets)
+
+    @app.agent(transactions, name="customers")
+    async def customer_agent(stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            result = customers.process(_records(events))
+            for item in result.enriched:
+                emitter.send(
+                    repartition, item.transaction.terminal_id.encode(), item.SerializeToString()
+                )
+            send_dead(result.dead_letters)
+            await deliver()
+            yield None
+
+    @app.agent(labels, name="labels")
+    async def label_agent(stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            records = _records(events)
+            result = terminals.apply_labels(records)
+            send_dead(result.dead_letters)
+            await deliver()
+            for rec, time_ms in zip(records, terminals.last_label_times, strict=True):
+                watermarks.advance(rec.partition, time_ms, rec.offset)
+            yield None
+
+    @app.agent(by_terminal, name="terminals")
+    async def terminal_agent(stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            items, dead = terminals.decode(_records(events))
+            needs: dict[int, int] = {}
+            for item, partition in items:
+                t = item.transaction.event_time_ms
+                if t > needs.get(partition, -(2**63)):
+                    needs[partition] = t
+            if needs:
+                await watermarks.wait(needs)
+            result = terminals.process_decoded(items)
+            for decision in result.decisions:
+                emitter.send(
+                    names.decisions, decision.customer_id.encode(), decision.SerializeToString()
+                )
+            for alert in result.alerts:
+                emitter.send(
+                    names.alerts, alert.decision.customer_id.encode(), alert.SerializeToString()
+                )
+            send_dead([*dead, *result.dead_letters])
+            await deliver()
+            yield None
+
     def prepare() -> None:
         """One-time costs before the first transaction: open the RocksDB of every assigned
         partition and fetch the output topics' metadata (measured: about a second of backlog
         at 1,000 tx/s when left to the first batches)."""
+        stores = {
+            names.transactions: customer_store,
+            repartition: terminal_store,
+            names.labels: terminal_store,
+        }
         for tp in app.consumer.assignment():
-            if tp.topic == names.transactions:
-                store.open_partition(tp.partition)
-        emitter.warm([names.decisions, names.alerts, names.dead_letters, store.changelog_topic])
-
-    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
-
-    @app.agent(transactions, name="detect")
-    async def detect(stream: Any) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            records = [
-                RawRecord(
-                    key=e.message.key,
-                    value=e.message.value,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    timestamp_ms=int(e.message.timestamp * 1000),
-                )
-                for e in events
+            if tp.topic in stores:
+                stores[tp.topic].open_partition(tp.partition)
+        emitter.warm(
+            [
+                names.decisions,
+                names.alerts,
+                names.dead_letters,
+                repartition,
+                customer_store.changelog_topic,
+                terminal_store.changelog_topic,
             ]
-            emit(detector.process(records))
-            # Deliver before the batch is acknowledged (at-least-once), without blocking the
-            # event loop: the consumer keeps fetching, so the next batch grows under load.
-            offsets = await loop.run_in_executor(flusher, emitter.flush)
-            store.on_changelog_offsets(offsets)
-            yield None
+        )
 
-    return WorkerApp(app, prepare)
+    def close() -> None:
+        emitter.flush()
+
+    return WorkerApp(app, prepare, close, terminals, watermarks)

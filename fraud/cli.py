@@ -66,7 +66,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=getattr(args, "data_dir", None),
         app_id=getattr(args, "app_id", None),
         batch_max=getattr(args, "batch_max", None),
-        amount_threshold=getattr(args, "amount_threshold", None),
     )
 
 
@@ -99,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "simulated labelled file (plus a few bad messages), read every decision back, print "
         "a summary and stop everything.",
     )
-    p.add_argument("--customers", type=_positive(int), default=300, help="default %(default)s")
+    p.add_argument("--customers", type=_positive(int), default=200, help="default %(default)s")
     p.add_argument("--days", type=_positive(int), default=30, help="default %(default)s")
     p.add_argument(
-        "--rate", type=_positive(float), default=1000.0,
+        "--rate", type=_positive(float), default=500.0,
         help="replay rate in transactions/s (default %(default)s)",
     )  # fmt: skip
     p.add_argument("--max-speed", action="store_true", help="replay as fast as possible")
@@ -144,14 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--batch-max", type=_positive(int), help="micro-batch size (default 1000)")
     p.add_argument(
-        "--amount-threshold", type=_positive(float),
-        help="amounts above this (major units) go to REVIEW (env FRAUD_AMOUNT_THRESHOLD; "
-        "default 220)",
-    )  # fmt: skip
-    p.add_argument(
         "--web-port", type=int, default=6066, help="Faust web port, 0 disables (default 6066)"
     )
     p.add_argument("--ready-file", type=Path, help="touch this file once the worker is ready")
+    p.add_argument(
+        "--label-wait-ms", type=int, default=int(_env("FRAUD_LABEL_WAIT_MS", "250") or 250),
+        help="longest wait of the terminal stage for labels up to a transaction's time "
+        "(env FRAUD_LABEL_WAIT_MS; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rules", type=Path, help="decision table (CSV; default tables/rules/v1.csv)"
+    )
+    p.add_argument("--model", type=Path, help="model table (JSON); default: rules only")
 
     p = sub.add_parser(
         "replay",
@@ -332,7 +335,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from fraud.worker import run_worker
 
-    settings = dataclasses.replace(_settings(args), web_port=args.web_port or None)
+    settings = dataclasses.replace(
+        _settings(args),
+        web_port=args.web_port or None,
+        label_wait_ms=args.label_wait_ms,
+        model_path=args.model,
+    ).with_overrides(rules_path=args.rules)
     return run_worker(
         settings,
         loglevel="INFO" if args.verbose else "WARNING",

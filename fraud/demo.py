@@ -22,6 +22,7 @@ from pathlib import Path
 from confluent_kafka import Consumer
 
 from fraud.broker import EmbeddedBroker, ensure_topics, free_port
+from fraud.local_receivers import MailCatcher, WebhookReceiver
 from fraud.replay import Pacing, ReplayStats, producer, replay
 from fraud.settings import Settings
 from fraud.simulate import SimulationConfig, fraud_stats, simulate, write_file
@@ -52,6 +53,11 @@ class DemoSummary:
     worker_seconds: float = 0.0
     startup_seconds: float = 0.0
     wall_seconds: float = 0.0
+    webhooks_delivered: int | None = None
+    webhooks_rejected: int = 0
+    webhook_latencies_ms: list[float] = field(default_factory=list)
+    emails: int | None = None
+    emails_expected: int = 0
 
     def percentile(self, q: float) -> float:
         values = sorted(self.latencies_ms)
@@ -76,6 +82,23 @@ class DemoSummary:
             f"  worker throughput   {rate:>9,.0f} tx/s  (first ingest -> last decision)",
             f"  worker start        {self.startup_seconds:9.1f} s   wall time "
             f"{self.wall_seconds:.1f} s",
+            *self.sink_lines(alerts),
+        ]
+
+    def sink_lines(self, alerts: int) -> list[str]:
+        if self.webhooks_delivered is None or self.emails is None:
+            return []
+        lat = sorted(self.webhook_latencies_ms)
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
+        return [
+            f"  webhooks            {self.webhooks_delivered:>9,}  of {alerts:,} alerts, "
+            f"signatures verified ({self.webhooks_rejected} rejected); alert -> receiver "
+            f"p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms",
+            f"  emails (SMTP)       {self.emails:>9,}  (one per customer and alert type; "
+            f"{self.emails_expected:,} expected)",
         ]
 
 
@@ -106,38 +129,41 @@ BAD_MESSAGES: list[tuple[bytes, bytes]] = [
 ]
 
 
-@contextlib.contextmanager
-def worker_process(
-    settings: Settings, workdir: Path, say: Say, timeout_s: float = 60.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``fraud worker`` as a child process until the block ends; stop it with SIGTERM."""
-    ready = workdir / "worker.ready"
-    ready.unlink(missing_ok=True)
-    log_path = workdir / "worker.log"
-    cmd = [
-        sys.executable, "-m", "fraud", "worker",
-        "--brokers", settings.brokers,
-        "--data-dir", str(settings.data_dir),
-        "--partitions", str(settings.partitions),
-        "--app-id", settings.app_id,
-        "--web-port", "0",
-        "--ready-file", str(ready),
-    ]  # fmt: skip
+def _kafka_args(settings: Settings) -> list[str]:
+    args = ["--brokers", settings.brokers, "--app-id", settings.app_id]
     if settings.topic_prefix:
-        cmd += ["--topic-prefix", settings.topic_prefix]
+        args += ["--topic-prefix", settings.topic_prefix]
+    return args
+
+
+@contextlib.contextmanager
+def managed_process(
+    name: str,
+    args: list[str],
+    log_path: Path,
+    say: Say,
+    ready_file: Path | None = None,
+    timeout_s: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``fraud ARGS`` as a child process until the block ends; stop it with SIGTERM.
+
+    With ``ready_file``, wait until the child creates it (or dies, or ``timeout_s`` passes).
+    """
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            [sys.executable, "-m", "fraud", *args], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + timeout_s
-        while not ready.exists():
+        while ready_file is not None and not ready_file.exists():
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-800:]
-                raise DemoError(f"worker exited with {proc.returncode}:\n{tail}")
+                raise DemoError(f"{name} exited with {proc.returncode}:\n{tail}")
             if time.monotonic() > deadline:
-                raise DemoError(f"worker not ready after {timeout_s:.0f} s (log: {log_path})")
+                raise DemoError(f"{name} not ready after {timeout_s:.0f} s (log: {log_path})")
             time.sleep(0.05)
         yield proc
     finally:
@@ -146,10 +172,71 @@ def worker_process(
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                say("worker did not stop in 30 s; killing it")
+                say(f"{name} did not stop in 30 s; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def worker_process(
+    settings: Settings, workdir: Path, say: Say, timeout_s: float = 60.0
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``fraud worker`` as a child process, ready (partitions assigned, kernels warm)."""
+    ready = workdir / "worker.ready"
+    args = [
+        "worker", *_kafka_args(settings),
+        "--data-dir", str(settings.data_dir),
+        "--partitions", str(settings.partitions),
+        "--web-port", "0",
+        "--ready-file", str(ready),
+        "--label-wait-ms", str(settings.label_wait_ms),
+    ]  # fmt: skip
+    return managed_process("worker", args, workdir / "worker.log", say, ready, timeout_s)
+
+
+WEBHOOK_SECRET = "demo-secret"  # noqa: S105 - a local demo receiver
+DESK_EMAIL = "fraud-desk@demo.invalid"
+
+
+def write_sink_configs(workdir: Path, webhook_url: str, smtp_port: int) -> tuple[Path, Path]:
+    subscriptions = workdir / "subscriptions.toml"
+    subscriptions.write_text(
+        f'''[[subscription]]
+id = "demo-receiver"
+url = "{webhook_url}"
+secrets = ["{WEBHOOK_SECRET}"]
+min_action = "REVIEW"
+'''
+    )
+    notifier = workdir / "notifier.toml"
+    notifier.write_text(
+        f'''rate_limit_per_minute = 0
+dedupe_window_s = 600
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+starttls = false
+sender = "fraud-demo@demo.invalid"
+
+[[route]]
+name = "desk"
+topic = "alerts"
+format = "alert"
+channel = "email"
+to = ["{DESK_EMAIL}"]
+'''
+    )
+    return subscriptions, notifier
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def collect(
@@ -176,10 +263,11 @@ def run_demo(
     *,
     embedded: bool = True,
     workdir: Path | None = None,
-    customers: int = 300,
+    customers: int = 200,
     days: int = 30,
-    rate: float | None = 2000.0,
+    rate: float | None = 500.0,
     seed: int = 0,
+    sinks: bool = True,
     say: Say = print,
     progress: Callable[[int], None] | None = None,
 ) -> DemoSummary:
@@ -216,8 +304,35 @@ def run_demo(
             f"({stats['fraud_rate']:.2%} fraud) -> {data}"
         )
 
+        stack = contextlib.ExitStack()
+        receiver: WebhookReceiver | None = None
+        mail: MailCatcher | None = None
+        if sinks:
+            receiver = WebhookReceiver(WEBHOOK_SECRET.encode()).start()
+            stack.callback(receiver.stop)
+            mail = MailCatcher().start()
+            stack.callback(mail.stop)
+            subscriptions, notifier = write_sink_configs(root, receiver.url, mail.port)
+            kafka = _kafka_args(settings)
+            stack.enter_context(
+                managed_process(
+                    "webhooks",
+                    ["webhooks", "--subscriptions", str(subscriptions), *kafka],
+                    root / "webhooks.log",
+                    say,
+                )
+            )
+            stack.enter_context(
+                managed_process(
+                    "notifier",
+                    ["notifier", "--config", str(notifier), *kafka],
+                    root / "notifier.log",
+                    say,
+                )
+            )
+            say(f"sinks: webhooks -> {receiver.url}, notifier -> SMTP 127.0.0.1:{mail.port}")
         t0 = time.monotonic()
-        with worker_process(settings, root, say):
+        with stack, worker_process(settings, root, say):
             summary.startup_seconds = time.monotonic() - t0
             say(f"worker ready in {summary.startup_seconds:.1f} s")
             names = settings.topic_names
@@ -259,9 +374,12 @@ def run_demo(
                 if first_ingest:
                     summary.worker_seconds = (max(last_decided) - min(first_ingest)) / 1000
 
+                email_keys: set[tuple[str, str]] = set()
+
                 def on_alert(value: bytes) -> None:
                     a = Alert()
                     a.ParseFromString(value)
+                    email_keys.add((a.decision.customer_id, a.type))
                     kind = Action.Name(a.decision.action)
                     summary.alerts_by_action[kind] = summary.alerts_by_action.get(kind, 0) + 1
                     if a.decision.transaction_id in fraud_ids:
@@ -276,6 +394,15 @@ def run_demo(
 
                 collect(dead, len(BAD_MESSAGES), 10, on_dead)
                 drain(alerts, 1.0, on_alert)
+                if receiver is not None and mail is not None:
+                    total = sum(summary.alerts_by_action.values())
+                    wait_for(lambda: receiver.stats.delivered >= total, 60)
+                    wait_for(lambda: len(mail.messages) >= len(email_keys), 60)
+                    summary.webhooks_delivered = receiver.stats.delivered
+                    summary.webhooks_rejected = receiver.stats.rejected
+                    summary.webhook_latencies_ms = list(receiver.stats.latencies_ms)
+                    summary.emails = len(mail.messages)
+                    summary.emails_expected = len(email_keys)
             finally:
                 for consumer in (decisions, alerts, dead):
                     consumer.close()

@@ -5,7 +5,8 @@ customer id so that one customer's transactions keep their order. Event time tra
 payload; records carry the wall-clock produce time as their Kafka timestamp, so a topic's
 time-based retention never deletes replayed history before it is read.
 
-Labels (fraud feedback) in the file are published to the labels topic when the replay reaches
+Labels (fraud feedback) in the file are published to the labels topic, keyed by terminal id (the
+worker's terminal stage owns them), when the replay reaches
 their event time, the transaction's time plus ``label_delay_ms``, so labels and transactions
 arrive in event-time order whatever the replay speed; labels still pending at the end of the
 file are published last.
@@ -22,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from fraud.kafka_config import client_config
+from fraud.kafka_config import producer_config
 from fraud.settings import Settings
 from fraud.sources import ColumnMapping, Source, label_for, open_source
 from fraud.v1.label_pb2 import Label
@@ -79,7 +80,7 @@ def count_rows(path: Path) -> int | None:
 
 def producer(brokers: str, **extra: Any) -> Producer:
     conf: dict[str, Any] = {
-        **client_config(brokers),
+        **producer_config(brokers),
         "enable.idempotence": True,
         "linger.ms": 5,
         "queue.buffering.max.messages": 1_000_000,
@@ -174,7 +175,12 @@ def replay(
             if label_delay_ms is not None:
                 label: Label | None = label_for(row, label_delay_ms)
                 if label is not None:
-                    item = (label.event_time_ms, row.line, key, label.SerializeToString())
+                    item = (
+                        label.event_time_ms,
+                        row.line,
+                        tx.terminal_id.encode(),
+                        label.SerializeToString(),
+                    )
                     heapq.heappush(pending, item)
             sent += 1
             unreported += 1

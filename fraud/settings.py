@@ -34,7 +34,7 @@ class Settings:
 
     Environment fallbacks (used by the CLI and the Dockerfile): KAFKA_BOOTSTRAP,
     FRAUD_PARTITIONS, FRAUD_DATA_DIR, FRAUD_APP_ID, FRAUD_TOPIC_PREFIX,
-    FRAUD_AMOUNT_THRESHOLD, FRAUD_REPLICATION_FACTOR.
+    FRAUD_REPLICATION_FACTOR, FRAUD_LABEL_WAIT_MS.
     """
 
     brokers: str = DEFAULT_BROKERS
@@ -51,12 +51,19 @@ class Settings:
     # Micro-batching of the worker's agent.
     batch_max: int = 1000
     batch_within_s: float = 0.005
-    # The first rule: amounts above this (major units of the currency) are sent to REVIEW.
-    amount_threshold: float = 220.0
     # Validation: event times later than now + this are refused.
     max_future_ms: int = 2 * DAY_MS
     # Late arrivals kept in window state beyond the longest window.
     allowed_lateness_ms: int = DAY_MS
+    # The terminal stage waits at most this long for labels up to a transaction's event time
+    # (see fraud/agents/watermarks.py).
+    label_wait_ms: int = 250
+    # Decision table and model table (None: no model, the rules decide alone).
+    rules_path: Path = Path(__file__).resolve().parent.parent / "tables" / "rules" / "v1.csv"
+    model_path: Path | None = None
+    # Model score thresholds for REVIEW and BLOCK.
+    review_score: float = 0.5
+    block_score: float = 0.9
     # Worker web/metrics port (0: let Faust pick; None disables).
     web_port: int | None = 6066
     exactly_once: bool = False
@@ -81,7 +88,7 @@ class Settings:
             "partitions": _int(env, "FRAUD_PARTITIONS"),
             "replication_factor": _int(env, "FRAUD_REPLICATION_FACTOR"),
             "data_dir": Path(env["FRAUD_DATA_DIR"]) if env.get("FRAUD_DATA_DIR") else None,
-            "amount_threshold": _float(env, "FRAUD_AMOUNT_THRESHOLD"),
+            "label_wait_ms": _int(env, "FRAUD_LABEL_WAIT_MS"),
         }
         return base.with_overrides(**changes)
 
@@ -94,13 +101,3 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-
-def _float(env: Mapping[str, str], name: str) -> float | None:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None

@@ -10,9 +10,10 @@ from typing import Any
 
 import faust.worker
 
-from fraud.app import create_app
+from fraud.app import create_app, internal_topics
 from fraud.broker import ensure_topics
 from fraud.pipeline import warmup
+from fraud.policy import policy_from_settings
 from fraud.settings import Settings
 
 log = logging.getLogger("fraud.worker")
@@ -25,11 +26,13 @@ class _Worker(faust.worker.Worker):
         self,
         *args: Any,
         prepare: Callable[[], None],
+        close: Callable[[], None],
         ready_file: Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._prepare = prepare
+        self._close = close
         self._ready_file = ready_file
 
     async def on_startup_finished(self) -> None:
@@ -39,20 +42,28 @@ class _Worker(faust.worker.Worker):
         if self._ready_file is not None:
             self._ready_file.write_text(str(time.time()))
 
+    async def on_stop(self) -> None:
+        # Agents are cancelled on stop, possibly between queueing output and its flush:
+        # deliver what was queued (changelog writes included) before the process exits.
+        self._close()
+        await super().on_stop()
+
 
 def run_worker(
     settings: Settings, *, loglevel: str = "WARNING", ready_file: Path | None = None
 ) -> int:
     """Block running the worker until SIGTERM/SIGINT; returns the exit code."""
     started = time.perf_counter()
+    policy = policy_from_settings(settings)
     warmup()
     log.info("kernels warm in %.2f s", time.perf_counter() - started)
-    ensure_topics(settings)
+    ensure_topics(settings, internal_topics(settings))
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    built = create_app(settings)
+    built = create_app(settings, policy)
     worker = _Worker(
         built.app,
         prepare=built.prepare,
+        close=built.close,
         loglevel=loglevel,
         quiet=True,
         ready_file=ready_file,

@@ -18,11 +18,10 @@ from google.protobuf.message import Message
 
 from fraud.broker import ensure_topics, free_port, read_info
 from fraud.demo import worker_process
-from fraud.features import FEATURES
-from fraud.pipeline import DetectorConfig
-from fraud.reference.decide import reference_decide
-from fraud.reference.windows import reference_windows
+from fraud.features import ALL_FEATURES
+from fraud.reference.rules import reference_evaluate_many
 from fraud.replay import Pacing, replay
+from fraud.rules.table import load_rule_table
 from fraud.settings import Settings
 from fraud.simulate import Simulated, SimulationConfig, simulate, write_file
 from fraud.subscribe import open_consumer
@@ -31,7 +30,8 @@ from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import ALLOW, Decision
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
-from fraud.windows import DAY_MS, WINDOW_DAYS
+from fraud.windows import DAY_MS
+from tests.batch_reference import batch_features
 
 pytestmark = pytest.mark.integration
 
@@ -59,25 +59,16 @@ def read_topic(
     return out
 
 
-def expected(sim: Simulated, rows: slice = slice(None)) -> dict[str, tuple[list[float], int]]:
-    """Features and action per transaction id, from the slow reference over the whole file."""
-    config = DetectorConfig()
-    window_ms = [d * DAY_MS for d in WINDOW_DAYS]
-    counts, sums = reference_windows(
-        sim.customer_id.tolist(), sim.event_time_ms.tolist(), sim.amount_cents.tolist(), window_ms
-    )
-    out: dict[str, tuple[list[float], int]] = {}
-    ids = sim.transaction_id.tolist()
-    amounts = sim.amount_cents.tolist()
-    for i in range(len(sim))[rows]:
-        feats = [amounts[i] / 100]
-        for c, s in zip(counts[i], sums[i], strict=True):
-            feats += [float(c), s / c / 100]
-        _, action, _ = reference_decide(
-            feats[0], feats[-1], config.amount_threshold, config.review_score, config.block_score
-        )
-        out[str(ids[i])] = (feats, action)
-    return out
+def expected(sim: Simulated) -> dict[str, tuple[list[float], int]]:
+    """Features (batch reference from the definitions) and action (slow rules twin) per id."""
+    features = batch_features(sim)
+    table = load_rule_table(Settings().rules_path, ALL_FEATURES)
+    _, actions = reference_evaluate_many(table, ALL_FEATURES, features.tolist())
+    ids = [str(i) for i in sim.transaction_id.tolist()]
+    return {
+        tid: (row, action)
+        for tid, row, action in zip(ids, features.tolist(), actions, strict=True)
+    }
 
 
 def check_decisions(decisions: list[Decision], want: dict[str, tuple[list[float], int]]) -> None:
@@ -85,13 +76,17 @@ def check_decisions(decisions: list[Decision], want: dict[str, tuple[list[float]
     assert {d.transaction_id for d in decisions} == set(want)
     for d in decisions:
         feats, action = want[d.transaction_id]
-        got = [d.features[name] for name in FEATURES]
+        got = [d.features[name] for name in ALL_FEATURES]
         np.testing.assert_allclose(got, feats, rtol=0, atol=1e-9, err_msg=d.transaction_id)
         assert d.action == action, d.transaction_id
 
 
 def small_file(tmp_path: Path, seed: int = 3) -> tuple[Simulated, Path]:
-    sim = simulate(SimulationConfig(n_customers=60, n_terminals=120, n_days=40, seed=seed))
+    sim = simulate(
+        SimulationConfig(
+            n_customers=60, n_terminals=120, n_days=40, seed=seed, with_coordinates=True
+        )
+    )
     path = tmp_path / "tx.csv"
     write_file(sim, path)
     return sim, path
@@ -107,7 +102,9 @@ def test_replay_gives_one_exact_decision_per_transaction(
     names = settings.topic_names
     started_ms = time.time_ns() // 1_000_000
     with worker_process(settings, tmp_path, print):
-        stats = replay(settings, path, label_delay_ms=7 * DAY_MS)
+        # Paced so the worker keeps up: exact features need the customer partitions to progress
+        # within the label delay of each other (a max-speed backlog can break that; see README).
+        stats = replay(settings, path, label_delay_ms=7 * DAY_MS, pacing=Pacing(rate=1500))
         decisions = [d for d, _ in read_topic(settings, names.decisions, Decision, n)]
         alerts = [a for a, _ in read_topic(settings, names.alerts, Alert, n, idle_s=3)]
     assert stats.transactions == n
@@ -201,7 +198,7 @@ def test_state_survives_worker_restart_from_changelog(settings: Settings, tmp_pa
     ensure_topics(settings)
     names = settings.topic_names
     with worker_process(settings, tmp_path, print):
-        replay(settings, path, limit=half)
+        replay(settings, path, limit=half, label_delay_ms=7 * DAY_MS, pacing=Pacing(rate=1500))
         first = read_topic(settings, names.decisions, Decision, half)
         assert len(first) == half
     shutil.rmtree(settings.data_dir)
@@ -209,7 +206,7 @@ def test_state_survives_worker_restart_from_changelog(settings: Settings, tmp_pa
     lines = path.read_text().splitlines(keepends=True)
     rest.write_text(lines[0] + "".join(lines[1 + half :]))
     with worker_process(settings, tmp_path, print):
-        replay(settings, rest)
+        replay(settings, rest, label_delay_ms=7 * DAY_MS, pacing=Pacing(rate=1500))
         decisions = [d for d, _ in read_topic(settings, names.decisions, Decision, n)]
     check_decisions(decisions, expected(sim))
 

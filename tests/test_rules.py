@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fraud.kernels.decide import ALLOW, BLOCK, REVIEW
+from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 from fraud.kernels.rules import evaluate_rules
 from fraud.reference.rules import reference_evaluate, reference_evaluate_many, reference_fired_ids
 from fraud.rules import (

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from fraud.kafka_config import client_config
+from fraud.kafka_config import producer_config
 
 
 class EmitError(RuntimeError):
@@ -24,7 +24,7 @@ class EmitError(RuntimeError):
 class KafkaEmitter:
     def __init__(self, brokers: str, extra: dict[str, Any] | None = None) -> None:
         conf: dict[str, Any] = {
-            **client_config(brokers),
+            **producer_config(brokers),
             "enable.idempotence": True,
             # flush() at the end of each batch sends at once; no linger needed
             "linger.ms": 0,

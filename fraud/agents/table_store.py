@@ -54,5 +54,8 @@ class FaustTableStore:
             self.emitter.send(topic, key, value, partition=partition, track_offset=True)
 
     def on_changelog_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Record delivered changelog offsets of this table (others' are ignored)."""
+        own = self.changelog_topic
         for (topic, partition), offset in offsets.items():
-            self.table.data.set_persisted_offset(TP(topic, partition), offset)
+            if topic == own:
+                self.table.data.set_persisted_offset(TP(topic, partition), offset)

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud.kernels import njit_cached
-from fraud.kernels.decide import ALLOW, BLOCK, REVIEW
+from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 
 __all__ = [
     "ALLOW",

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from fraud.kernels.decide import ALLOW, BLOCK, REVIEW
+from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 
 __all__ = [
     "COLUMNS",
@@ -94,7 +94,7 @@ class RuleTableError(ValueError):
 
 
 class Action(IntEnum):
-    """Rule actions, with the codes of ``fraud.kernels.decide`` (larger is more severe)."""
+    """Rule actions, with the codes of ``fraud.kernels.actions`` (larger is more severe)."""
 
     ALLOW = ALLOW
     REVIEW = REVIEW

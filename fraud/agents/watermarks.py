@@ -1,0 +1,58 @@
+"""Labels and transactions meet in event-time order at the terminal stage.
+
+A label applied early never changes a feature (a window (t - D - N, t - D] only counts frauds
+whose label time is <= t), so the only thing to prevent is applying a label late: the terminal
+agent scores a transaction of event time t on partition p only once the labels agent has
+applied every label of p with event time <= t. That holds when p's label watermark (the
+largest label event time applied; labels of a partition arrive in event-time order, as replay
+and feedback systems produce them) has reached t, or when p's labels are caught up (nothing
+more to read). A bounded wait (``max_wait_s``) keeps a silent or lagging label stream from
+stalling detection; such waits are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+
+NO_TIME = -(2**63)
+
+
+class LabelWatermarks:
+    def __init__(self, highwater: Callable[[int], int | None], max_wait_s: float) -> None:
+        self._highwater = highwater  # labels partition -> next offset to be written, if known
+        self.max_wait_s = max_wait_s
+        self.event_time: dict[int, int] = {}
+        self.next_offset: dict[int, int] = {}
+        self.timeouts = 0
+        self._changed = asyncio.Event()
+
+    def advance(self, partition: int, event_time_ms: int, offset: int) -> None:
+        if event_time_ms > self.event_time.get(partition, NO_TIME):
+            self.event_time[partition] = event_time_ms
+        if offset + 1 > self.next_offset.get(partition, -1):
+            self.next_offset[partition] = offset + 1
+        self._changed.set()
+
+    def ready(self, partition: int, event_time_ms: int) -> bool:
+        if self.event_time.get(partition, NO_TIME) >= event_time_ms:
+            return True
+        hw = self._highwater(partition)
+        done = self.next_offset.get(partition)
+        return hw is not None and done is not None and done >= hw
+
+    async def wait(self, needs: Mapping[int, int]) -> bool:
+        """Wait until every partition in ``needs`` is ready for its event time (or time out)."""
+        deadline = time.monotonic() + self.max_wait_s
+        while True:
+            if all(self.ready(p, t) for p, t in needs.items()):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.timeouts += 1
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.01))

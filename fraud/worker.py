@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from fraud.app import create_app, internal_topics
 from fraud.broker import ensure_topics
 from fraud.pipeline import warmup
 from fraud.policy import policy_from_settings
+from fraud.policy_topic import PolicyWatcher, policy_topic_spec
 from fraud.settings import Settings
+from fraud.stages import Policy
 
 log = logging.getLogger("fraud.worker")
 
@@ -57,13 +60,35 @@ def run_worker(
     policy = policy_from_settings(settings)
     warmup()
     log.info("kernels warm in %.2f s", time.perf_counter() - started)
-    ensure_topics(settings, internal_topics(settings))
+    ensure_topics(settings, [*internal_topics(settings), policy_topic_spec(settings)])
+    # Rules and model published on the policy topic win over the files, from the first batch.
+    watcher = PolicyWatcher(
+        settings, policy, on_policy=lambda _: None, on_error=lambda message: log.error(message)
+    )
+    policy = watcher.catch_up()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     built = create_app(settings, policy)
+
+    def prepare() -> None:
+        built.prepare()
+        loop = asyncio.get_running_loop()
+
+        def swap(new: Policy) -> None:
+            # The watcher thread hands the new policy to the event loop; the terminal stage
+            # reads its policy once per batch, so a swap lands between two batches.
+            loop.call_soon_threadsafe(setattr, built.terminals, "policy", new)
+
+        watcher.on_policy = swap
+        watcher.start()
+
+    def close() -> None:
+        watcher.stop()
+        built.close()
+
     worker = _Worker(
         built.app,
-        prepare=built.prepare,
-        close=built.close,
+        prepare=prepare,
+        close=close,
         loglevel=loglevel,
         quiet=True,
         ready_file=ready_file,

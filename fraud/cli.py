@@ -151,9 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait of the terminal stage for labels up to a transaction's time "
         "(env FRAUD_LABEL_WAIT_MS; default %(default)s)",
     )  # fmt: skip
-    p.add_argument(
-        "--rules", type=Path, help="decision table (CSV; default tables/rules/v1.csv)"
-    )
+    p.add_argument("--rules", type=Path, help="decision table (CSV; default tables/rules/v1.csv)")
     p.add_argument("--model", type=Path, help="model table (JSON); default: rules only")
 
     p = sub.add_parser(
@@ -209,9 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SMTP and SMS through an HTTP gateway, with templates, per-recipient rate limit and "
         "de-duplication. Failed sends end in the notifier dead-letter topic. See README.",
     )
-    p.add_argument(
-        "--config", type=Path, required=True, help="notifier config (TOML); see README"
-    )
+    p.add_argument("--config", type=Path, required=True, help="notifier config (TOML); see README")
     p.add_argument(
         "--app-id", default=_env("FRAUD_APP_ID", "fraud-worker"),
         help="prefix of the consumer group (env FRAUD_APP_ID; default %(default)s)",
@@ -226,9 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Fraud-Signature); failures go through retry topics (1 s, 10 s, 1 min, 10 min) to a "
         "dead-letter topic. The subscriptions file is re-read when it changes. See README.",
     )
-    p.add_argument(
-        "--subscriptions", type=Path, required=True, help="subscriptions file (TOML)"
-    )
+    p.add_argument("--subscriptions", type=Path, required=True, help="subscriptions file (TOML)")
     p.add_argument(
         "--app-id", default=_env("FRAUD_APP_ID", "fraud-worker"),
         help="prefix of the consumer groups (env FRAUD_APP_ID; default %(default)s)",
@@ -250,6 +244,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-redriven", action="store_true", help="with list: also re-driven letters"
     )
     _add_kafka(p)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model table from the decisions and labels topics",
+        description="Build the training week of the handbook protocol from the engine's own "
+        "decisions (with their features) and the labels, train a model and write it as a "
+        "model table (JSON) for --model or 'fraud model publish'.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="model table to write (.json)")
+    p.add_argument("--kind", choices=("trees", "logistic"), default="trees")
+    p.add_argument(
+        "--start", type=date.fromisoformat,
+        help="first training day, YYYY-MM-DD (UTC); default: first decision's day",
+    )  # fmt: skip
+    p.add_argument("--train-days", type=_positive(int), default=7)
+    p.add_argument("--delay-days", type=int, default=7)
+    p.add_argument("--seed", type=int, default=0)
+    _add_kafka(p, partitions=False)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="AUC, average precision and card precision@100 of the decisions (or of a model)",
+        description="Handbook protocol: train one week, skip a one-week delay, test the next "
+        "week, dropping cards already known compromised. Without --model, the decisions' own "
+        "scores; with --model, that model table re-scoring the logged features.",
+    )
+    p.add_argument("--model", type=Path, help="model table to evaluate on the logged features")
+    p.add_argument("--start", type=date.fromisoformat, help="first training day (UTC)")
+    p.add_argument("--test-days", type=_positive(int), default=7)
+    _add_kafka(p, partitions=False)
+
+    for kind in ("rules", "model"):
+        p = sub.add_parser(
+            kind,
+            help=f"publish a {'decision' if kind == 'rules' else 'model'} table to running "
+            "workers (no restart)",
+            description="Validate the table, then put it on the compacted policy topic; every "
+            "worker switches to it between two batches and records its version in each "
+            "Decision. A malformed table is refused and the running version stays.",
+        )
+        actions = ["publish", "clear"] if kind == "model" else ["publish"]
+        p.add_argument("action", choices=actions)
+        p.add_argument("file", type=Path, nargs="?", help="table file (for publish)")
+        _add_kafka(p, partitions=False)
 
     p = sub.add_parser(
         "simulate",
@@ -483,7 +521,67 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day_ms(day: date | None) -> int | None:
+    return None if day is None else (day - date(1970, 1, 1)).days * 86_400_000
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fraud.train import train_from_topics
+
+    report = train_from_topics(
+        _settings(args),
+        args.out,
+        args.kind,
+        start_ms=_day_ms(args.start),
+        train_days=args.train_days,
+        delay_days=args.delay_days,
+        seed=args.seed,
+        progress=_note,
+    )
+    print(report.summary())
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fraud.evaluate import format_result
+    from fraud.train import evaluate_from_topics
+
+    result = evaluate_from_topics(
+        _settings(args),
+        model_path=args.model,
+        start_ms=_day_ms(args.start),
+        test_days=args.test_days,
+        progress=_note,
+    )
+    print(format_result(result))
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from fraud.policy_topic import clear_model, policy_topic, publish_model, publish_rules
+
+    settings = _settings(args)
+    if args.action == "clear":
+        clear_model(settings)
+        print("model cleared: workers decide with the rules only")
+        return 0
+    if args.file is None:
+        raise CliError(f"fraud {args.command} publish needs a FILE")
+    publish = publish_rules if args.command == "rules" else publish_model
+    version = publish(settings, args.file)
+    print(f"published {args.command} {version} to {policy_topic(settings)}")
+    return 0
+
+
 COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "rules": cmd_policy,
+    "model": cmd_policy,
     "webhooks": cmd_webhooks,
     "dlq": cmd_dlq,
     "notifier": cmd_notifier,

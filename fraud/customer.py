@@ -4,8 +4,9 @@ For each transaction of a customer at event time ``t`` (int64 ms since the epoch
 far" meaning that customer's earlier-arrived transactions plus the current one:
 
 * for each window of ``w`` ms (by default 1, 7 and 30 days): count and sum of amount (int64 minor
-  units) of the transactions seen so far with event time in ``(t - w, t]``. Exactly the
-  semantics of ``fraud.windows`` (same results, same eviction);
+  units) of the transactions seen so far with event time in ``(t - w, t]``: one exactly ``w``
+  earlier is out, one at the same ms is in if it arrived before, and a later-arriving
+  transaction never counts for an earlier arrival;
 * ``seconds_since_prev_tx``: ``(t - t_prev) / 1000``, ``t_prev`` the largest event time among
   the earlier-arrived transactions with event time ``<= t``. An earlier arrival at the same ms
   gives 0.0; NaN when there is none in the retained state (a first transaction, or one that
@@ -28,8 +29,8 @@ State per customer is bytes (``encode_customer_state`` / ``decode_customer_state
 the retained transactions sorted by event time (ties in arrival order) with their amount,
 terminal hash, latitude and longitude, and the largest event time ever seen. After a batch a
 customer keeps only transactions with ``ts > max_ts - retain_ms``, ``retain_ms = max(window_ms) +
-allowed_lateness_ms`` (31 days by default). Version 1 states (``fraud.windows``) are not read:
-they lack terminals and locations.
+allowed_lateness_ms`` (31 days by default). Version 1 states (the former windows-only format)
+are not read: they lack terminals and locations.
 
 ``update_customers`` does a whole micro-batch in three numba kernels (``fraud.kernels.customer``);
 ``fraud.reference.customer`` is the slow twin the tests compare it with.
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fraud.features import DAY_MS, WINDOW_DAYS
 from fraud.kernels.customer import (
     COLUMNS,
     EARTH_RADIUS_KM,
@@ -58,7 +60,6 @@ from fraud.kernels.customer import (
     unpack_customer_states,
     update_customers_csr,
 )
-from fraud.windows import DAY_MS, WINDOW_DAYS
 
 __all__ = [
     "DAY_MS",
@@ -256,7 +257,7 @@ def decode_customer_state(data: bytes | None) -> CustomerState:
         )
     version, pad, n, max_ts = _HEADER.unpack_from(data)
     if version != STATE_VERSION:
-        hint = " (a fraud.windows state, without terminals and locations)" if version == 1 else ""
+        hint = " (windows only, without terminals and locations)" if version == 1 else ""
         raise ValueError(
             f"unsupported customer state version {version}{hint} (this code reads {STATE_VERSION})"
         )

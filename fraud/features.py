@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from fraud.windows import WINDOW_DAYS
+DAY_MS = 86_400_000
+WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
+"""Lengths in days of the customer and terminal windows (the default configurations)."""
 
 # The full feature vector of the two-stage worker (issue 3): the customer stage computes the
 # first block from the transaction and the customer's state; the terminal stage appends the
@@ -37,7 +39,6 @@ TERMINAL_FEATURES: tuple[str, ...] = tuple(
 )
 ALL_FEATURES: tuple[str, ...] = (*CUSTOMER_STAGE_FEATURES, *TERMINAL_FEATURES)
 
-_DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 
 
@@ -50,9 +51,9 @@ def time_features(
     given). 1970-01-01 was a Thursday, so the weekday (Monday = 0) of day d is (d + 3) % 7.
     """
     local = event_time_ms + utc_offset_minutes * 60_000
-    days = np.floor_divide(local, _DAY_MS)
+    days = np.floor_divide(local, DAY_MS)
     weekday = (days + 3) % 7
-    hour = np.floor_divide(local - days * _DAY_MS, _HOUR_MS)
+    hour = np.floor_divide(local - days * DAY_MS, _HOUR_MS)
     out = np.empty((len(local), 2), dtype=np.float64)
     out[:, 0] = weekday >= 5
     out[:, 1] = hour <= 6

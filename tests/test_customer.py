@@ -19,9 +19,8 @@ from fraud.customer import (
     update_customers,
     warmup,
 )
-from fraud.kernels.customer import INT64_MIN
+from fraud.kernels.customer import INT64_MIN, update_customers_csr
 from fraud.reference.customer import haversine_km, reference_customers
-from fraud.windows import WindowConfig, update_windows
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -173,7 +172,7 @@ def assert_extras_equal(got: F64, want: F64) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
-# --- (a) kernel against the reference, and against fraud.windows, on random streams -------------
+# --- (a) kernel against the reference on random streams -----------------------------------------
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -210,22 +209,6 @@ def test_matches_reference_on_random_streams(
         assert (first_use == 1).any() and (first_use == 0).any()
         assert (velocity == 0).any()  # a later transaction at the very same place
 
-    # counts and sums are exactly those of fraud.windows on the same stream and batches
-    state: dict[int, bytes] = {}
-    start = 0
-    for size in batch_sizes:
-        batch = slice(start, start + size)
-        start += size
-        names = sorted({int(c) for c in stream.customer[batch]})
-        index = {c: g for g, c in enumerate(names)}
-        group = i64([index[int(c)] for c in stream.customer[batch]])
-        w_counts, w_sums, new_states = update_windows(
-            [state.get(c) for c in names], group, stream.ts[batch], stream.amount[batch]
-        )
-        state.update(zip(names, new_states, strict=True))
-        np.testing.assert_array_equal(counts[batch], w_counts)
-        np.testing.assert_array_equal(sums[batch], w_sums)
-
 
 @pytest.mark.parametrize("seed", [10, 11, 12])
 def test_matches_evicting_reference_with_very_late_events(seed: int) -> None:
@@ -245,36 +228,6 @@ def test_matches_evicting_reference_with_very_late_events(seed: int) -> None:
     exact_counts, _, exact_extras = stream.reference(config)
     assert not np.array_equal(exact_counts, want_counts)
     assert not np.array_equal(np.isnan(exact_extras[:, 0]), np.isnan(want_extras[:, 0]))
-
-
-@pytest.mark.parametrize("seed", [20, 21])
-def test_windows_equal_fraud_windows_with_eviction(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    window_ms = (5 * HOUR_MS, 2 * DAY_MS)
-    stream = random_stream(rng, 6, 800, HOUR_MS, 4 * DAY_MS)
-    config = CustomerConfig(window_ms=window_ms, allowed_lateness_ms=HOUR_MS)
-    w_config = WindowConfig(window_ms=window_ms, allowed_lateness_ms=HOUR_MS)
-    c_state: bytes | None = None
-    w_state: bytes | None = None
-    group = np.zeros(0, np.int64)
-    one = stream.customer == 0
-    ts, amount = stream.ts[one], stream.amount[one]
-    terminal, lat, lon = stream.terminal[one], stream.lat[one], stream.lon[one]
-    for start in range(0, ts.shape[0], 17):
-        batch = slice(start, start + 17)
-        group = np.zeros(ts[batch].shape[0], np.int64)
-        counts, sums, _, (c_state,) = update_customers(
-            [c_state], group, ts[batch], amount[batch], terminal[batch], lat[batch], lon[batch],
-            config,
-        )  # fmt: skip
-        w_counts, w_sums, (w_state,) = update_windows(
-            [w_state], group, ts[batch], amount[batch], w_config
-        )
-        np.testing.assert_array_equal(counts, w_counts)
-        np.testing.assert_array_equal(sums, w_sums)
-    c_ts, c_amount, *_ = decode_customer_state(c_state)
-    assert c_state is not None and w_state is not None
-    assert c_ts.tobytes() + c_amount.tobytes() == w_state[16:]
 
 
 # --- (b) hand examples ---------------------------------------------------------------------------
@@ -300,6 +253,58 @@ def hand_run(
     _, _, want_extras = stream.reference(config)
     assert_extras_equal(extras, want_extras)  # the reference agrees with the hand numbers
     return counts, sums, extras
+
+
+HAND_WINDOWS = [  # (customer, event time, amount, expected counts 1/7/30 d, expected sums)
+    (0, T0, 100, [1, 1, 1], [100, 100, 100]),
+    (1, T0, 7, [1, 1, 1], [7, 7, 7]),
+    # exactly one day later: T0 is out of the 1-day window (left open), in the others
+    (0, T0 + D, 200, [1, 2, 2], [200, 300, 300]),
+    # same ms: the earlier arrival at the same time counts
+    (0, T0 + D, 50, [2, 3, 3], [250, 350, 350]),
+    # arrives later, 1 ms earlier: T0 is in its 1-day window, the two at T0 + D are after it
+    (0, T0 + D - 1, 1000, [2, 2, 2], [1100, 1100, 1100]),
+    (1, T0 + D - 1, 8, [2, 2, 2], [15, 15, 15]),
+    # exactly 7 days after T0: T0 is out of the 7-day window, T0 + D - 1 is in
+    (0, T0 + 7 * D, 10, [1, 4, 5], [10, 1260, 1360]),
+    # exactly 30 days after T0: T0 is out of the 30-day window
+    (0, T0 + 30 * D, 1, [1, 1, 5], [1, 1, 1261]),
+    # customer 1's first event arriving last: nothing seen so far is at or before it
+    (1, T0 - 1, 5, [1, 1, 1], [5, 5, 5]),
+]
+
+
+@pytest.mark.parametrize("batch_sizes", [[9], [4, 5], [1] * 9, [2, 0, 3, 4]])
+def test_windows_hand_written_at_the_boundaries(batch_sizes: list[int]) -> None:
+    n = len(HAND_WINDOWS)
+    stream = Stream(
+        i64([e[0] for e in HAND_WINDOWS]),
+        i64([e[1] for e in HAND_WINDOWS]),
+        i64([e[2] for e in HAND_WINDOWS]),
+        i64([TA] * n),
+        f64([NAN] * n),
+        f64([NAN] * n),
+    )
+    config = CustomerConfig()
+
+    counts, sums, _, states = run_stream(stream, batch_sizes, config)
+
+    assert counts.tolist() == [e[3] for e in HAND_WINDOWS]
+    assert sums.tolist() == [e[4] for e in HAND_WINDOWS]
+    a_ts, a_amount, *_, a_max = decode_customer_state(states[0])
+    assert a_ts.tolist() == [T0, T0 + D - 1, T0 + D, T0 + D, T0 + 7 * D, T0 + 30 * D]
+    assert a_amount.tolist() == [100, 1000, 200, 50, 10, 1]  # ties keep arrival order
+    assert a_max == T0 + 30 * D
+    b_ts, b_amount, *_, b_max = decode_customer_state(states[1])
+    assert (b_ts.tolist(), b_amount.tolist(), b_max) == (
+        [T0 - 1, T0, T0 + D - 1],
+        [5, 7, 8],
+        T0 + D - 1,
+    )
+    # and the reference agrees with the hand-written numbers
+    want_counts, want_sums, _ = stream.reference(config)
+    assert want_counts.tolist() == [e[3] for e in HAND_WINDOWS]
+    assert want_sums.tolist() == [e[4] for e in HAND_WINDOWS]
 
 
 @pytest.mark.parametrize("batch_sizes", [None, [1, 1, 1, 1, 1, 1]])
@@ -394,6 +399,47 @@ def test_results_come_back_in_the_callers_order() -> None:
     assert np.isnan(extras[[0, 1, 3], 0]).all()
     assert extras[[2, 4], 0].tolist() == [1.0, 2.0]
     assert extras[:, 1].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+
+
+def test_kernel_can_write_in_csr_order() -> None:
+    # two groups, no state; out_row = arange keeps the CSR order
+    counts = np.empty((3, 1), np.int64)
+    sums = np.empty((3, 1), np.int64)
+    extras = np.empty((3, 3), np.float64)
+    new_ts, new_amount, new_terminal = (np.empty(3, np.int64) for _ in range(3))
+    new_lat, new_lon = np.empty(3, np.float64), np.empty(3, np.float64)
+    new_offsets = np.empty(3, np.int64)
+    new_max_ts = np.empty(2, np.int64)
+    no_i, no_f = np.empty(0, np.int64), np.empty(0, np.float64)
+    status = update_customers_csr(
+        no_i, no_i, no_i, no_f, no_f,
+        i64([0, 0, 0]),
+        i64([INT64_MIN, INT64_MIN]),
+        i64([5, 3, 9]),
+        i64([1, 2, 4]),
+        i64([TA, TB, TA]),
+        f64([1.0, 2.0, 3.0]),
+        f64([NAN, 5.0, 6.0]),
+        i64([0, 2, 3]),
+        i64([0, 1, 2]),
+        i64([10]),
+        10,
+        10,
+        counts, sums, extras,
+        new_ts, new_amount, new_terminal, new_lat, new_lon, new_offsets, new_max_ts,
+    )  # fmt: skip
+    assert status == -1
+    # the event at 3 arrived after the one at 5, which is after it: each sees only itself
+    assert counts[:, 0].tolist() == [1, 1, 1]
+    assert sums[:, 0].tolist() == [1, 2, 4]
+    assert np.isnan(extras[:, 0]).all()
+    assert extras[:, 1].tolist() == [1.0, 1.0, 1.0]
+    assert new_offsets.tolist() == [0, 2, 3]
+    assert new_ts.tolist() == [3, 5, 9]
+    assert new_amount.tolist() == [2, 1, 4]
+    assert new_terminal.tolist() == [TB, TA, TA]
+    assert new_lat.tolist() == [2.0, 1.0, 3.0]
+    assert new_max_ts.tolist() == [5, 9]
 
 
 def test_many_groups_and_empty_batch() -> None:
@@ -495,13 +541,13 @@ def _infinite_longitude(data: bytes) -> bytes:
 
 
 def _v1_state(data: bytes) -> bytes:
-    # a fraud.windows state: version 1, times and amounts only
+    # the former windows-only state: version 1 header, then times and amounts only
     return b"\x01\0\0\0" + (3).to_bytes(4, "little") + data[8:64]
 
 
 CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "version": (lambda d: b"\x03" + d[1:], "unsupported customer state version 3"),
-    "v1 state": (_v1_state, "version 1 .a fraud.windows state"),
+    "v1 state": (_v1_state, r"version 1 \(windows only"),
     "padding": (lambda d: d[:1] + b"\x01" + d[2:], "padding"),
     "short header": (lambda d: d[:9], "truncated"),
     "empty": (lambda d: b"", "truncated"),
@@ -632,6 +678,8 @@ def _call(**changes: object) -> None:
         ({"lat": f64([0.0, 0.0])}, "differ in length"),
         ({"terminal": i64([])}, "differ in length"),
         ({"group": i64([1])}, "group index 1 out of range for 1 states"),
+        ({"group": i64([-1])}, "group index -1 out of range"),
+        ({"states": []}, "out of range for 0 states"),
         ({"lat": f64([-91.0])}, "latitude -91.0 at index 0"),
         ({"lon": f64([np.inf])}, "longitude inf at index 0"),
         ({"states": [b"abc"]}, r"states\[0\]: truncated"),
@@ -648,10 +696,23 @@ def test_update_customers_rejects_bad_input(changes: dict[str, object], message:
     [
         ({"window_ms": ()}, "at least one window"),
         ({"window_ms": (0,)}, "window_ms entries must be in"),
+        ({"window_ms": (DAY_MS, -1)}, "window_ms entries must be in"),
+        ({"window_ms": (1.5,)}, "window_ms entries must be ints"),
         ({"window_ms": (True,)}, "window_ms entries must be ints"),
         ({"allowed_lateness_ms": -1}, "allowed_lateness_ms must be in"),
+        ({"allowed_lateness_ms": 2**63}, "allowed_lateness_ms must be in"),
     ],
 )
 def test_config_validation(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CustomerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_defaults() -> None:
+    config = CustomerConfig()
+    assert config.window_ms == (DAY_MS, 7 * DAY_MS, 30 * DAY_MS)
+    assert config.allowed_lateness_ms == DAY_MS
+    assert config.retain_ms == 31 * DAY_MS
+    assert config.terminal_ms == 30 * DAY_MS
+    short = CustomerConfig(window_ms=(HOUR_MS, 2 * HOUR_MS), allowed_lateness_ms=0)
+    assert short.retain_ms == short.terminal_ms == 2 * HOUR_MS

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from fraud.broker import ensure_topics, free_port, read_info
 from fraud.demo import worker_process
-from fraud.features import ALL_FEATURES
+from fraud.features import ALL_FEATURES, DAY_MS
 from fraud.reference.rules import reference_evaluate_many
 from fraud.replay import Pacing, replay
 from fraud.rules.table import load_rule_table
@@ -30,7 +30,6 @@ from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import ALLOW, Decision
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
-from fraud.windows import DAY_MS
 from tests.batch_reference import batch_features
 
 pytestmark = pytest.mark.integration

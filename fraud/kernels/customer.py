@@ -5,7 +5,7 @@ for the slow twin). For an event of a customer at event time ``t``, "seen so far
 customer's earlier-arrived events plus the event itself:
 
 * window ``w`` (ms): count and sum of the amounts of the events seen so far whose event time lies
-  in ``(t - w, t]``, exactly as ``fraud.kernels.windows``;
+  in ``(t - w, t]`` (left open: an event exactly ``w`` earlier is out);
 * "previous" event: among the earlier-arrived events with event time ``<= t``, the one with the
   largest event time; among several at that time, the last to arrive. ``seconds_since_prev_tx`` is
   ``(t - t_prev) / 1000`` (0.0 for an earlier arrival at the same ms), NaN without one;
@@ -31,8 +31,8 @@ sorted position, after equal times (usually an append). Entries before that posi
 the earlier arrivals with time ``<= t``: the previous event is the one just before it, the window
 bounds are binary searches over a running prefix sum of the amounts, and the terminal check scans
 the 30-day window backwards from the previous event, stopping at the first match. Eviction after
-the group's events keeps only entries with ``ts > max_ts - retain_ms``, as in
-``fraud.kernels.windows``.
+the group's events keeps only entries with ``ts > max_ts - retain_ms`` (``max_ts`` the group's
+largest event time ever seen, kept even when its event is evicted).
 
 State bytes (one customer, see ``fraud.customer.encode_customer_state``): little-endian 8-byte
 words. Word 0 = version ``STATE_VERSION`` (byte 0), three zero bytes, event count ``n`` (uint32,

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from fraud import fetch_backoff
 from fraud.agents.emitter import KafkaEmitter
 from fraud.agents.table_store import FaustTableStore
 from fraud.agents.transport import LowLatencyTransport
@@ -112,6 +113,7 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
     )
+    fetch_backoff.install()
     app.transport = LowLatencyTransport(app.conf.broker_consumer, app)
     transactions = _raw_topic(app, names.transactions, settings.partitions)
     by_terminal = _raw_topic(app, repartition, settings.partitions)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from fraud import fetch_backoff
 from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics
 from fraud.settings import Settings
 from fraud.sinks.email import EmailSender
@@ -291,6 +292,7 @@ async def run_notifier(
     ``ready`` is set once the group has assigned partitions. ``clock`` (seconds) drives rate
     limits and de-duplication windows. ``senders`` replaces the configured ones (tests).
     """
+    fetch_backoff.install()
     config = load_config(config_path)
     stats = stats if stats is not None else NotifierStats()
     routes: dict[str, list[Route]] = {}
@@ -312,7 +314,7 @@ async def run_notifier(
         client_id=group_id(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=500,  # answered early when records arrive; see fraud/sinks/webhooks.py
         metadata_max_age_ms=30_000,
     )
     producer = AIOKafkaProducer(

@@ -57,6 +57,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
+from fraud import fetch_backoff
 from fraud.broker import TopicSpec, ensure_topics
 from fraud.contracts import to_json
 from fraud.settings import Settings
@@ -90,7 +91,11 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "fraud-webhooks/1"
 ERROR_SNIPPET_BYTES = 200
-FETCH_MAX_WAIT_MS = 20  # see fraud/agents/transport.py: a short fetch wait bounds latency
+# The broker answers a fetch as soon as records arrive, so a long wait costs no latency while
+# records flow; it only bounds how often an idle consumer asks. Six consumers at 20 ms cost a
+# third of a core and loaded the broker in the demo; a retry that waits behind a held fetch
+# after its partition resumes is late by at most this, well inside the retry jitter.
+FETCH_MAX_WAIT_MS = 500
 POLL_MS = 100
 
 
@@ -612,6 +617,7 @@ async def run_webhooks(
     finished ones are committed (the rest are delivered again by the next run). ``stats``, when
     given, is updated as the sink runs. ``SubscriptionError`` when the file is invalid at start.
     """
+    fetch_backoff.install()
     stats = stats if stats is not None else WebhookStats()
     watcher = SubscriptionWatcher(subscriptions_path, interval_s=reload_interval_s)
     await asyncio.to_thread(ensure_topics, settings, sink_topics(settings, policy))

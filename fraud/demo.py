@@ -336,9 +336,7 @@ def run_demo(
             summary.startup_seconds = time.monotonic() - t0
             say(f"worker ready in {summary.startup_seconds:.1f} s")
             names = settings.topic_names
-            decisions = open_consumer(settings, names.decisions, from_beginning=True)
-            alerts = open_consumer(settings, names.alerts, from_beginning=True)
-            dead = open_consumer(settings, names.dead_letters, from_beginning=True)
+            consumers: list[Consumer] = []
             try:
                 pace = "as fast as possible" if rate is None else f"at {rate:,.0f} tx/s"
                 say(f"replaying {pace}, labels 7 days after each transaction ...")
@@ -353,6 +351,13 @@ def run_demo(
                 for key, value in BAD_MESSAGES:
                     bad.produce(names.transactions, key=key, value=value)
                 bad.flush(30)
+                # Opened now, not during the replay: an idle consumer re-fetches in a loop
+                # against the embedded broker and would take CPU from the worker.
+                decisions, alerts, dead = (
+                    open_consumer(settings, topic, from_beginning=True)
+                    for topic in (names.decisions, names.alerts, names.dead_letters)
+                )
+                consumers += [decisions, alerts, dead]
                 summary.transactions = stats_replay.transactions + len(BAD_MESSAGES)
                 summary.labels = stats_replay.labels
                 summary.replay_seconds = stats_replay.seconds
@@ -404,7 +409,7 @@ def run_demo(
                     summary.emails = len(mail.messages)
                     summary.emails_expected = len(email_keys)
             finally:
-                for consumer in (decisions, alerts, dead):
+                for consumer in consumers:
                     consumer.close()
         say("worker stopped")
     finally:

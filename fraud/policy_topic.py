@@ -376,13 +376,24 @@ class PolicyWatcher:
         self._thread = threading.Thread(target=self._run, name="fraud-policy", daemon=True)
         self._thread.start()
 
+    # Between checks the partition is paused: an idle librdkafka consumer re-fetches in a loop
+    # against a broker that answers empty fetches at once (about half a core against the
+    # embedded broker, measured), and a policy change may take this long to reach the worker.
+    CHECK_EVERY_S = 1.0
+
     def _run(self) -> None:
+        assignment = [TopicPartition(self.topic, 0)]
         while not self._stop.is_set():
             try:
-                self.poll_once(0.5)
+                with self._lock:
+                    self._open().resume(assignment)
+                while self.poll_once(0.2):
+                    pass
+                with self._lock:
+                    self._open().pause(assignment)
             except Exception:
                 log.exception("policy watcher poll failed")
-                self._stop.wait(1.0)
+            self._stop.wait(self.CHECK_EVERY_S)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread (if any) and close the consumer."""

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +59,8 @@ from fraud.kernels.customer import (
     unpack_customer_states,
     update_customers_csr,
 )
+from fraud.statebytes import LE_I64 as _LE_I64
+from fraud.statebytes import join_states
 
 __all__ = [
     "DAY_MS",
@@ -98,9 +99,7 @@ _HEADER = struct.Struct("<B3sIq")
 _HEADER_BYTES = _HEADER.size
 assert _HEADER_BYTES == 8 * HEADER_WORDS
 _EVENT_BYTES = 8 * COLUMNS
-_LE_I64 = np.dtype("<i8")
 _LE_F64 = np.dtype("<f8")
-_NATIVE_LE = sys.byteorder == "little"
 
 
 @dataclass(frozen=True)
@@ -353,21 +352,7 @@ def update_customers(
     group64 = group.astype(np.int64, copy=False)
 
     # decode every state at once: states are whole 8-byte words, concatenated
-    payload: list[bytes | bytearray] = []
-    word_len = [0] * n_groups
-    for g, data in enumerate(states):
-        if data is None:
-            continue
-        size = len(data) if isinstance(data, bytes | bytearray) else -1
-        if size < _HEADER_BYTES or size & 7:
-            _raise_bad_state(states, g)
-        word_len[g] = size >> 3
-        payload.append(data)
-    words = np.frombuffer(b"".join(payload), _LE_I64)
-    if not _NATIVE_LE:  # pragma: no cover - numba targets are little-endian
-        words = words.astype(np.int64)
-    word_offsets = np.zeros(n_groups + 1, np.int64)
-    np.cumsum(word_len, out=word_offsets[1:])
+    words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
     (
         state_ts,
         state_amount,

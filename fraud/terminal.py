@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +66,8 @@ from fraud.kernels.terminal import (
     unpack_terminal_states,
     update_terminals_csr,
 )
+from fraud.statebytes import LE_I64 as _LE_I64
+from fraud.statebytes import join_states
 
 __all__ = [
     "DAY_MS",
@@ -101,8 +102,6 @@ _MAX_SPAN_MS = 2**62
 _HEADER = struct.Struct("<B3sII4sq")
 _HEADER_BYTES = _HEADER.size
 assert _HEADER_BYTES == 8 * HEADER_WORDS
-_LE_I64 = np.dtype("<i8")
-_NATIVE_LE = sys.byteorder == "little"
 
 
 def _require_int(name: str, value: Any, low: int, high: int) -> int:
@@ -382,21 +381,7 @@ def update_terminals(
     group64 = group.astype(np.int64, copy=False)
 
     # decode every state at once: states are whole 8-byte words, concatenated
-    payload: list[bytes | bytearray] = []
-    word_len = [0] * n_groups
-    for g, data in enumerate(states):
-        if data is None:
-            continue
-        size = len(data) if isinstance(data, bytes | bytearray) else -1
-        if size < _HEADER_BYTES or size & 7:
-            _raise_bad_state(states, g)
-        word_len[g] = size >> 3
-        payload.append(data)
-    words = np.frombuffer(b"".join(payload), _LE_I64)
-    if not _NATIVE_LE:  # pragma: no cover - numba targets are little-endian
-        words = words.astype(np.int64)
-    word_offsets = np.zeros(n_groups + 1, np.int64)
-    np.cumsum(word_len, out=word_offsets[1:])
+    words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
     (
         st_ts,
         st_hash,

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ from fraud.sinks.notify import (
     plan,
 )
 from fraud.sinks.retry import CircuitBreaker
+from fraud.sinks.serve import run_until_signalled
 from fraud.sinks.sms import SmsSender
 
 __all__ = [
@@ -385,19 +385,8 @@ def serve_notifier(settings: Settings, config_path: Path) -> int:
         print(f"fraud notifier: {exc}", file=sys.stderr)
         return 2
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await run_notifier(settings, config_path, stop=stop)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
     try:
-        asyncio.run(main())
+        run_until_signalled(lambda stop: run_notifier(settings, config_path, stop=stop))
     except ConfigError as exc:
         print(f"fraud notifier: {exc}", file=sys.stderr)
         return 2

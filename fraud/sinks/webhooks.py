@@ -44,7 +44,6 @@ import contextlib
 import logging
 import math
 import random
-import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -71,6 +70,7 @@ from fraud.sinks.retry import (
     next_step,
     retry_after_seconds,
 )
+from fraud.sinks.serve import run_until_signalled
 from fraud.sinks.signing import sign
 from fraud.sinks.subscriptions import Subscription, SubscriptionWatcher
 from fraud.v1.alert_pb2 import Alert
@@ -703,16 +703,5 @@ def serve_webhooks(settings: Settings, subscriptions_path: Path) -> int:
     CLI to report.
     """
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await run_webhooks(settings, subscriptions_path, stop=stop)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    asyncio.run(main())
+    run_until_signalled(lambda stop: run_webhooks(settings, subscriptions_path, stop=stop))
     return 0

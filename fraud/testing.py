@@ -5,10 +5,15 @@ Nothing here touches Kafka; ``make_record`` builds the ``RawRecord`` an agent wo
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 
 from fraud.currency import exponent
 from fraud.pipeline import RawRecord
+from fraud.settings import Settings
+from fraud.v1.decision_pb2 import Decision
 from fraud.v1.transaction_pb2 import Transaction
 
 DAY_MS = 86_400_000
@@ -100,3 +105,58 @@ def random_transactions(
         txs.append(tx)
     txs.sort(key=lambda t: t.event_time_ms)
     return txs
+
+
+class StepReplay:
+    """Replay rows of a file in closed-loop steps: produce a step, wait for its decisions.
+
+    Terminal features need the customer partitions to progress together (within the allowed
+    lateness, one day of event time, or state is evicted that a lagging transaction still
+    needs); a worker behind a large backlog can break that (README, "Known limit"). Small steps
+    keep a run inside that bound whatever the machine's speed, so exactness checks do not
+    depend on throughput. Labels are published ``label_delay_ms`` after each transaction.
+    """
+
+    def __init__(
+        self, settings: Settings, path: Path, workdir: Path, label_delay_ms: int = 7 * 86_400_000
+    ) -> None:
+        from fraud.subscribe import open_consumer
+
+        self.settings = settings
+        self.lines = path.read_text().splitlines(keepends=True)
+        self.workdir = workdir
+        self.label_delay_ms = label_delay_ms
+        self.consumer = open_consumer(settings, settings.topic_names.decisions, True)
+        self.decisions: list[Decision] = []
+        self.transactions = self.labels = 0
+
+    def run(self, start: int, stop: int, step: int = 50, timeout_s: float = 60.0) -> None:
+        from fraud.replay import replay
+
+        for first in range(start, stop, step):
+            chunk = self.workdir / "step.csv"
+            chunk.write_text(
+                self.lines[0] + "".join(self.lines[1 + first : 1 + min(stop, first + step)])
+            )
+            stats = replay(self.settings, chunk, label_delay_ms=self.label_delay_ms)
+            self.transactions += stats.transactions
+            self.labels += stats.labels
+            if not self.collect(self.transactions, timeout_s):
+                raise RuntimeError(
+                    f"{self.transactions - len(self.decisions)} decisions missing after the "
+                    f"step at row {first}"
+                )
+
+    def collect(self, want: int, timeout_s: float) -> bool:
+        """Read decisions until ``want`` in all; False if they did not come in time."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.decisions) < want and time.monotonic() < deadline:
+            for msg in self.consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    decision = Decision()
+                    decision.ParseFromString(msg.value() or b"")
+                    self.decisions.append(decision)
+        return len(self.decisions) >= want
+
+    def close(self) -> None:
+        self.consumer.close()

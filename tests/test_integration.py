@@ -25,6 +25,7 @@ from fraud.rules.table import load_rule_table
 from fraud.settings import Settings
 from fraud.simulate import Simulated, SimulationConfig, simulate, write_file
 from fraud.subscribe import open_consumer
+from fraud.testing import StepReplay
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import ALLOW, Decision
@@ -77,46 +78,6 @@ def check_decisions(decisions: list[Decision], want: dict[str, tuple[list[float]
         got = [d.features[name] for name in ALL_FEATURES]
         np.testing.assert_allclose(got, feats, rtol=0, atol=1e-9, err_msg=d.transaction_id)
         assert d.action == action, d.transaction_id
-
-
-class StepReplay:
-    """Replay rows of a file in closed-loop steps: produce a step, wait for its decisions.
-
-    Terminal features need the customer partitions to progress together (within the allowed
-    lateness, one day of event time, or state is evicted that a lagging transaction still
-    needs); a worker behind a large backlog can break that (README, "Known limit"). Steps of 50
-    transactions (about half a day of this file) keep every run inside that bound whatever the
-    machine's speed, so the exactness checks do not depend on throughput.
-    """
-
-    def __init__(self, settings: Settings, path: Path, workdir: Path) -> None:
-        self.settings = settings
-        self.lines = path.read_text().splitlines(keepends=True)
-        self.workdir = workdir
-        self.consumer = open_consumer(settings, settings.topic_names.decisions, True)
-        self.decisions: list[Decision] = []
-        self.transactions = self.labels = 0
-
-    def run(self, start: int, stop: int, step: int = 50) -> None:
-        for first in range(start, stop, step):
-            chunk = self.workdir / f"step-{first}.csv"
-            chunk.write_text(
-                self.lines[0] + "".join(self.lines[1 + first : 1 + min(stop, first + step)])
-            )
-            stats = replay(self.settings, chunk, label_delay_ms=7 * DAY_MS)
-            self.transactions += stats.transactions
-            self.labels += stats.labels
-            deadline = time.monotonic() + 60
-            while len(self.decisions) < self.transactions and time.monotonic() < deadline:
-                for msg in self.consumer.consume(1000, 0.2):
-                    if msg.error() is None:
-                        decision = Decision()
-                        decision.ParseFromString(msg.value() or b"")
-                        self.decisions.append(decision)
-            assert len(self.decisions) == self.transactions, "decisions missing after a step"
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def small_file(tmp_path: Path, seed: int = 3) -> tuple[Simulated, Path]:

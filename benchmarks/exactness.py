@@ -1,0 +1,129 @@
+"""Every feature of every decision, through the broker, against the batch reference.
+
+    python benchmarks/exactness.py [--customers 1700] [--days 60] [--step 500] [--max-speed]
+
+Simulates a labelled file (with coordinates), starts an embedded broker and a worker, replays
+the file with labels 7 days after each transaction, and compares each decision's features with
+tests/batch_reference.py (computed from the definitions, in batch) to 1e-9. By default the
+replay goes in closed-loop steps (produce a step, wait for its decisions), which keeps the
+customer partitions together; --max-speed replays the whole file at once, which shows the known
+limit of the terminal features under a backlog (README). Prints a table, writes
+benchmarks/results/exactness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fraud.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
+from fraud.demo import worker_process  # noqa: E402
+from fraud.features import ALL_FEATURES, DAY_MS  # noqa: E402
+from fraud.replay import replay  # noqa: E402
+from fraud.settings import Settings  # noqa: E402
+from fraud.simulate import SimulationConfig, simulate, write_file  # noqa: E402
+from fraud.testing import StepReplay  # noqa: E402
+from tests.batch_reference import batch_features  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=1700)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--step", type=int, default=500)
+    parser.add_argument("--max-speed", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fraud-exactness-"))
+    sim = simulate(
+        SimulationConfig(
+            n_customers=args.customers, n_terminals=2 * args.customers, n_days=args.days,
+            seed=args.seed, with_coordinates=True,
+        )
+    )  # fmt: skip
+    path = work / "tx.csv"
+    write_file(sim, path)
+    n = len(sim)
+    print(f"{n:,} transactions; computing the batch reference ...", flush=True)
+    started = time.perf_counter()
+    want = batch_features(sim)
+    batch_s = time.perf_counter() - started
+
+    broker = EmbeddedBroker(work / "broker", free_port())
+    broker.start()
+    try:
+        settings = Settings(brokers=broker.bootstrap, data_dir=work / "state", web_port=None)
+        ensure_topics(settings)
+        steps = StepReplay(settings, path, work)
+        started = time.perf_counter()
+        with worker_process(settings, work, print):
+            if args.max_speed:
+                replay(settings, path, label_delay_ms=7 * DAY_MS)
+                steps.collect(n, timeout_s=900)
+            else:
+                for first in range(0, n, 20 * args.step):
+                    steps.run(first, min(n, first + 20 * args.step), step=args.step)
+                    print(f"  {len(steps.decisions):,} / {n:,} decisions", flush=True)
+        stream_s = time.perf_counter() - started
+        steps.close()
+    finally:
+        broker.stop()
+
+    got = np.full_like(want, np.nan)
+    seen = 0
+    for d in steps.decisions:
+        i = int(d.transaction_id)
+        got[i] = [d.features[name] for name in ALL_FEATURES]
+        seen += 1
+    rows = []
+    total_bad = 0
+    for j, name in enumerate(ALL_FEATURES):
+        both_nan = np.isnan(got[:, j]) & np.isnan(want[:, j])
+        diff = np.where(both_nan, 0.0, np.abs(got[:, j] - want[:, j]))
+        bad = int(np.count_nonzero(~(diff <= 1e-9)))
+        total_bad += bad
+        rows.append({"feature": name, "mismatches": bad, "max_abs_diff": float(np.nanmax(diff))})
+    print(f"\n{'feature':<26}{'mismatches':>12}{'max |diff|':>14}")
+    for r in rows:
+        print(f"{r['feature']:<26}{r['mismatches']:>12,}{r['max_abs_diff']:>14.3g}")
+    mode = "max speed" if args.max_speed else f"closed-loop steps of {args.step}"
+    verdict = "EXACT" if total_bad == 0 and seen == n else "NOT EXACT"
+    print(
+        f"\n{verdict}: {n:,} transactions, {seen:,} decisions, {total_bad:,} feature values off "
+        f"by more than 1e-9 ({mode}; stream {stream_s:.0f} s, batch reference {batch_s:.0f} s)"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "exactness.json"
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()} cores={os.cpu_count()}",
+                "transactions": n,
+                "decisions": seen,
+                "mode": mode,
+                "exact": verdict == "EXACT",
+                "features": rows,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -596,9 +597,16 @@ COMMANDS = {
 }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM stops like Ctrl-C, so `fraud demo` and `fraud replay` run their cleanup (the demo
+    # stops the broker and worker it started). The worker and the sinks install their own.
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

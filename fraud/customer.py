@@ -60,7 +60,7 @@ from fraud.kernels.customer import (
     update_customers_csr,
 )
 from fraud.statebytes import LE_I64 as _LE_I64
-from fraud.statebytes import join_states
+from fraud.statebytes import group_events, join_states, split_states
 
 __all__ = [
     "DAY_MS",
@@ -368,10 +368,7 @@ def update_customers(
 
     # events as CSR: grouped, arrival order kept inside a group (stable sort)
     # (numpy's stable sort is a radix sort for 16-bit keys: much faster than on int64)
-    key = group64.astype(np.uint16) if n_groups <= 1 << 16 else group64
-    order = np.argsort(key, kind="stable").astype(np.int64, copy=False)
-    event_offsets = np.zeros(n_groups + 1, np.int64)
-    np.cumsum(np.bincount(group64, minlength=n_groups), out=event_offsets[1:])
+    order, event_offsets = group_events(group64, n_groups)
     windows = np.array(config.window_ms, np.int64)
     counts = np.empty((n_events, windows.shape[0]), np.int64)
     sums = np.empty((n_events, windows.shape[0]), np.int64)
@@ -432,9 +429,7 @@ def update_customers(
         out_words.view(np.float64),
         out_offsets,
     )
-    raw = out_words.astype(_LE_I64, copy=False).tobytes()
-    bounds = (out_offsets * 8).tolist()
-    new_states = [raw[bounds[g] : bounds[g + 1]] for g in range(n_groups)]
+    new_states = split_states(out_words, out_offsets)
     return counts, sums, extras, new_states
 
 

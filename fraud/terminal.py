@@ -67,7 +67,7 @@ from fraud.kernels.terminal import (
     update_terminals_csr,
 )
 from fraud.statebytes import LE_I64 as _LE_I64
-from fraud.statebytes import join_states
+from fraud.statebytes import group_events, join_states, split_states
 
 __all__ = [
     "DAY_MS",
@@ -399,10 +399,7 @@ def update_terminals(
         _raise_bad_state(states, bad)
 
     # events as CSR: grouped, processing order kept inside a group (stable sort)
-    key = group64.astype(np.uint16) if n_groups <= 1 << 16 else group64
-    order = np.argsort(key, kind="stable").astype(np.int64, copy=False)
-    event_offsets = np.zeros(n_groups + 1, np.int64)
-    np.cumsum(np.bincount(group64, minlength=n_groups), out=event_offsets[1:])
+    order, event_offsets = group_events(group64, n_groups)
     windows = np.array(config.window_ms, np.int64)
     counts = np.empty((n_events, windows.shape[0]), np.int64)
     frauds = np.empty((n_events, windows.shape[0]), np.int64)
@@ -468,9 +465,7 @@ def update_terminals(
         new_max_ts,
     )
     # one copy per state, straight from the words (no intermediate bytes of the whole batch)
-    raw = out_words.astype(_LE_I64, copy=False).data.cast("B")
-    bounds = (out_offsets * 8).tolist()
-    new_states = [bytes(raw[bounds[g] : bounds[g + 1]]) for g in range(n_groups)]
+    new_states = split_states(out_words, out_offsets)
     return counts, frauds, new_states
 
 

@@ -26,6 +26,7 @@ from fraud.local_receivers import MailCatcher, WebhookReceiver
 from fraud.replay import Pacing, ReplayStats, producer, replay
 from fraud.settings import Settings
 from fraud.simulate import SimulationConfig, fraud_stats, simulate, write_file
+from fraud.sinks.delivery import percentile
 from fraud.subscribe import open_consumer
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
@@ -60,10 +61,7 @@ class DemoSummary:
     emails_expected: int = 0
 
     def percentile(self, q: float) -> float:
-        values = sorted(self.latencies_ms)
-        if not values:
-            return float("nan")
-        return float(values[min(len(values) - 1, int(q * len(values)))])
+        return percentile(self.latencies_ms, q)
 
     def lines(self) -> list[str]:
         alerts = sum(self.alerts_by_action.values())
@@ -88,15 +86,11 @@ class DemoSummary:
     def sink_lines(self, alerts: int) -> list[str]:
         if self.webhooks_delivered is None or self.emails is None:
             return []
-        lat = sorted(self.webhook_latencies_ms)
-
-        def pct(q: float) -> float:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
-
+        lat = self.webhook_latencies_ms
         return [
             f"  webhooks            {self.webhooks_delivered:>9,}  of {alerts:,} alerts, "
             f"signatures verified ({self.webhooks_rejected} rejected); alert -> receiver "
-            f"p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms",
+            f"p50 {percentile(lat, 0.5):.0f} ms, p99 {percentile(lat, 0.99):.0f} ms",
             f"  emails (SMTP)       {self.emails:>9,}  (one per customer and alert type; "
             f"{self.emails_expected:,} expected)",
         ]

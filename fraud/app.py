@@ -89,7 +89,6 @@ class WorkerApp:
     # Deliver whatever the stages queued; run when the worker stops.
     close: Callable[[], None]
     terminals: TerminalStage
-    watermarks: LabelWatermarks
 
 
 def create_app(settings: Settings, policy: Policy) -> WorkerApp:
@@ -241,4 +240,4 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
     def close() -> None:
         emitter.flush()
 
-    return WorkerApp(app, prepare, close, terminals, watermarks)
+    return WorkerApp(app, prepare, close, terminals)

@@ -66,7 +66,6 @@ class Settings:
     block_score: float = 0.9
     # Worker web/metrics port (0: let Faust pick; None disables).
     web_port: int | None = 6066
-    exactly_once: bool = False
     topics: Topics = field(default_factory=Topics)
 
     @property

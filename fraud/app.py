@@ -186,7 +186,7 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
             result = terminals.apply_labels(records)
             send_dead(result.dead_letters)
             await deliver()
-            for rec, time_ms in zip(records, terminals.last_label_times, strict=True):
+            for rec, time_ms in zip(records, result.label_times, strict=True):
                 watermarks.advance(rec.partition, time_ms, rec.offset)
             yield None
 

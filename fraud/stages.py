@@ -76,6 +76,8 @@ class TerminalResult:
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     labels_applied: int = 0
+    # apply_labels: event time of each input record, in order (NO_TIME when refused).
+    label_times: list[int] = field(default_factory=list)
 
 
 def _reject(rec: RawRecord, rejected: Rejected, now_ms: int) -> DeadLetter:
@@ -190,15 +192,13 @@ class TerminalStage:
         self.clock = clock
         self.policy = policy
         self.config = config or TerminalConfig()
-        # Event time of each record of the last apply_labels call (NO_TIME when refused).
-        self.last_label_times: list[int] = []
 
     def apply_labels(self, records: Sequence[RawRecord]) -> TerminalResult:
         """Record fraud labels in their terminal's state (idempotent; order-insensitive)."""
         result = TerminalResult()
         labels: list[Label] = []
         parts: list[int] = []
-        self.last_label_times = times = [NO_TIME] * len(records)
+        result.label_times = times = [NO_TIME] * len(records)
         now_ms = self.clock()
         for i, rec in enumerate(records):
             label = Label()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import faust
 from faust.types import TP
 
 from fraud import fetch_backoff
+from fraud.agents.alignment import EventTimeAligner, Position
 from fraud.agents.emitter import KafkaEmitter
 from fraud.agents.table_store import FaustTableStore
 from fraud.agents.transport import LowLatencyTransport
@@ -33,6 +34,7 @@ from fraud.settings import Settings
 from fraud.stages import CustomerStage, Policy, TerminalStage
 from fraud.terminal import TerminalConfig
 from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.transaction_pb2 import Transaction
 
 log = logging.getLogger("fraud.worker")
 
@@ -111,6 +113,9 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
         stream_buffer_maxsize=max(4096, 4 * settings.batch_max),
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # The customer stage holds messages unacknowledged while it aligns event time; they
+        # are delivered again after a restart or a rebalance, so do not wait for them.
+        stream_wait_empty=False,
     )
     fetch_backoff.install()
     app.transport = LowLatencyTransport(app.conf.broker_consumer, app)
@@ -167,17 +172,74 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
         customer_store.on_changelog_offsets(offsets)
         terminal_store.on_changelog_offsets(offsets)
 
+    aligner: EventTimeAligner[tuple[Transaction, RawRecord, Any]] = EventTimeAligner(
+        settings.align_slack_ms,
+        settings.align_idle_ms / 1000,
+        time.monotonic,
+        settings.align_max_held,
+    )
+    align_lock = asyncio.Lock()
+    paused: set[int] = set()
+
+    def positions() -> dict[int, Position]:
+        # Faust has no public accessor for the offset a partition's consumption starts from.
+        committed: Mapping[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+        out: dict[int, Position] = {}
+        for tp in app.consumer.assignment():
+            if tp.topic == names.transactions:
+                high = app.consumer.highwater(tp)
+                start = committed.get(tp)
+                out[tp.partition] = Position(
+                    None if high is None else int(high), None if start is None else int(start)
+                )
+        return out
+
+    async def release(always_deliver: bool) -> None:
+        """Enrich and pass on what the alignment releases, then acknowledge it."""
+        async with align_lock:
+            items = aligner.release(positions())
+            if items:
+                result = customers.process_parsed(
+                    [tx for tx, _, _ in items], [rec for _, rec, _ in items]
+                )
+                for item in result.enriched:
+                    emitter.send(
+                        repartition, item.transaction.terminal_id.encode(), item.SerializeToString()
+                    )
+            if items or always_deliver:
+                await deliver()
+            for _, _, event in items:
+                event.ack()
+            full = aligner.overfull()
+            if full != paused:
+                if full - paused:
+                    log.info("pausing customer partitions %s until they drain", sorted(full))
+                app.consumer.pause_partitions(TP(names.transactions, p) for p in full - paused)
+                app.consumer.resume_partitions(TP(names.transactions, p) for p in paused - full)
+                paused.clear()
+                paused.update(full)
+
     @app.agent(transactions, name="customers")
     async def customer_agent(stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            result = customers.process(_records(events))
-            for item in result.enriched:
-                emitter.send(
-                    repartition, item.transaction.terminal_id.encode(), item.SerializeToString()
-                )
-            send_dead(result.dead_letters)
-            await deliver()
+            records = _records(events)
+            event_of = {id(rec): event for rec, event in zip(records, events, strict=True)}
+            dead: list[DeadLetter] = []
+            txs, kept = customers.parse(records, dead)
+            for tx, rec in zip(txs, kept, strict=True):
+                event = event_of[id(rec)]
+                # Held until released: take_events' own ack then leaves it unacknowledged.
+                event.message.incref()
+                aligner.add(rec.partition, rec.offset, tx.event_time_ms, (tx, rec, event))
+            send_dead(dead)
+            await release(always_deliver=bool(dead))
             yield None
+
+    @app.timer(interval=settings.batch_within_s * 10)  # type: ignore[untyped-decorator]
+    async def release_held() -> None:
+        """Release what waited on a partition that has since caught up or gone idle."""
+        if aligner.held():
+            await release(always_deliver=False)
 
     @app.agent(labels, name="labels")
     async def label_agent(stream: Any) -> AsyncIterator[None]:

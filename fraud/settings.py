@@ -58,6 +58,13 @@ class Settings:
     # The terminal stage waits at most this long for labels up to a transaction's event time
     # (see fraud/agents/watermarks.py).
     label_wait_ms: int = 250
+    # Event-time alignment of the customer partitions (fraud/agents/alignment.py): a partition
+    # may run this far ahead of the slowest one that still has a backlog; a partition that
+    # delivers nothing for align_idle_ms stops holding the others back; a partition holding
+    # more than align_max_held transactions is paused until it drains.
+    align_slack_ms: int = 3_600_000
+    align_idle_ms: int = 5_000
+    align_max_held: int = 50_000
     # Decision table and model table (None: no model, the rules decide alone).
     rules_path: Path = Path(__file__).resolve().parent.parent / "tables" / "rules" / "v1.csv"
     model_path: Path | None = None

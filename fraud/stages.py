@@ -128,10 +128,23 @@ class CustomerStage:
         self.max_future_ms = max_future_ms
 
     def process(self, records: Sequence[RawRecord]) -> CustomerResult:
+        dead: list[DeadLetter] = []
+        txs, recs = self.parse(records, dead)
+        result = self.process_parsed(txs, recs)
+        result.dead_letters[:0] = dead
+        return result
+
+    def parse(
+        self, records: Sequence[RawRecord], dead: list[DeadLetter]
+    ) -> tuple[list[Transaction], list[RawRecord]]:
+        """Valid transactions and their records; the rest are appended to ``dead``."""
+        return parse_transactions(records, self.clock(), self.max_future_ms, dead)
+
+    def process_parsed(
+        self, txs: Sequence[Transaction], recs: Sequence[RawRecord]
+    ) -> CustomerResult:
+        """Update the customers' windows and enrich ``txs`` (valid, with their records)."""
         result = CustomerResult()
-        txs, recs = parse_transactions(
-            records, self.clock(), self.max_future_ms, result.dead_letters
-        )
         if not txs:
             return result
         n = len(txs)

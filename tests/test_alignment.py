@@ -1,0 +1,142 @@
+"""Event-time alignment of the customer partitions (pure, no broker)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fraud.agents.alignment import END_TIME, EventTimeAligner, Position
+from fraud.testing import FakeClock
+
+HOUR = 3_600_000
+
+
+def make(
+    slack_ms: int = 0, idle_s: float = 5.0, max_held: int = 100
+) -> tuple[EventTimeAligner[str], FakeClock]:
+    clock = FakeClock(0)
+    return EventTimeAligner(slack_ms, idle_s, lambda: clock.now_ms / 1000, max_held), clock
+
+
+def test_a_partition_ahead_waits_for_one_with_a_backlog() -> None:
+    al, _ = make()
+    al.add(0, 0, 10 * HOUR, "p0-a")
+    al.add(0, 1, 20 * HOUR, "p0-b")
+    # Partition 1 has data (highwater 5) but has delivered nothing yet: hold everything.
+    pos = {0: Position(2), 1: Position(5, start=0)}
+    assert al.release(pos) == []
+    al.add(1, 0, 12 * HOUR, "p1-a")
+    # Partition 1 has reached 12h, so everything up to 12h goes, in event-time order; p0-b
+    # (20h) waits, since partition 1 still has a backlog (offsets 1..4) that may be older.
+    assert al.release(pos) == ["p0-a", "p1-a"]
+    assert al.held() == 1
+    al.add(1, 1, 15 * HOUR, "p1-b")
+    al.add(1, 2, 30 * HOUR, "p1-c")
+    # The slowest partition releases its own prefix: its order is its offsets' order.
+    assert al.release(pos) == ["p1-b", "p0-b", "p1-c"]
+    al.add(0, 2, 40 * HOUR, "p0-c")
+    assert al.release({0: Position(3), 1: Position(5)}) == []
+    # Partition 1 caught up: nothing is waited for any more.
+    assert al.release({0: Position(3), 1: Position(3)}) == ["p0-c"]
+    assert al.held() == 0
+
+
+def test_caught_up_partitions_do_not_hold_back_live_traffic() -> None:
+    al, _ = make()
+    al.add(0, 7, 50 * HOUR, "a")
+    al.add(1, 3, 1 * HOUR, "b")
+    assert al.watermark({0: Position(8), 1: Position(4)}) == END_TIME
+    assert al.release({0: Position(8), 1: Position(4)}) == ["b", "a"]
+
+
+def test_a_partition_never_received_from_is_caught_up_at_its_start_offset() -> None:
+    al, _ = make()
+    al.add(0, 0, HOUR, "a")
+    assert al.release({0: Position(1), 1: Position(40, start=40)}) == ["a"]
+    al.add(0, 1, 2 * HOUR, "b")
+    assert al.release({0: Position(2), 1: Position(41, start=40)}) == []
+    assert al.release({0: Position(2), 1: Position(None)}) == []
+
+
+def test_an_idle_partition_stops_holding_the_others_back() -> None:
+    al, clock = make(idle_s=5.0)
+    al.add(0, 0, HOUR, "a")
+    pos = {0: Position(1), 1: Position(10, start=0)}
+    assert al.release(pos) == []
+    clock.advance(4_000)
+    assert al.release(pos) == []
+    clock.advance(1_500)
+    assert al.release(pos) == ["a"]
+
+
+def test_slack_lets_a_partition_run_ahead_by_that_much() -> None:
+    al, _ = make(slack_ms=2 * HOUR)
+    al.add(0, 0, 1 * HOUR, "p0-1h")
+    al.add(0, 1, 3 * HOUR, "p0-3h")
+    al.add(0, 2, 4 * HOUR, "p0-4h")
+    al.add(1, 0, 1 * HOUR, "p1-1h")
+    pos = {0: Position(3), 1: Position(9)}
+    assert al.release(pos) == ["p0-1h", "p1-1h", "p0-3h"]
+
+
+def test_each_partition_keeps_its_offset_order_even_when_late_events_interleave() -> None:
+    al, _ = make(slack_ms=0)
+    al.add(0, 0, 5 * HOUR, "p0-5h")
+    al.add(0, 1, 3 * HOUR, "p0-3h-late")
+    al.add(1, 0, 4 * HOUR, "p1-4h")
+    out = al.release({0: Position(2), 1: Position(1)})
+    assert out.index("p0-5h") < out.index("p0-3h-late")
+    assert sorted(out) == sorted(["p0-5h", "p0-3h-late", "p1-4h"])
+
+
+def test_revoked_partitions_are_dropped_unreleased() -> None:
+    al, _ = make()
+    al.add(0, 0, HOUR, "a")
+    al.add(1, 0, HOUR, "b")
+    assert al.release({1: Position(1)}) == ["b"]
+    assert al.held() == 0
+
+
+def test_overfull_partitions_are_reported_for_pausing() -> None:
+    al, _ = make(max_held=2)
+    for i in range(3):
+        al.add(0, i, HOUR + i, f"a{i}")
+    al.add(1, 0, 0, "b")
+    pos = {0: Position(3), 1: Position(5, start=0)}
+    assert al.release(pos) == ["b"]
+    assert al.overfull() == {0}
+    assert al.held_by_partition() == {0: 3}
+
+
+def test_random_backlog_releases_in_event_time_order_up_to_the_slack() -> None:
+    """Four partitions with sorted backlogs delivered in random chunks: the released stream is
+    in event-time order within the slack, and nothing is lost or duplicated."""
+    rng = random.Random(7)
+    slack = HOUR
+    al, _ = make(slack_ms=slack, max_held=10**9)
+    streams = {p: sorted(rng.randrange(0, 1000 * HOUR) for _ in range(300)) for p in range(4)}
+    high = {p: len(v) for p, v in streams.items()}
+    got = {p: 0 for p in streams}
+    released: list[str] = []
+    times: dict[str, int] = {}
+    while any(got[p] < high[p] for p in streams):
+        p = rng.choice([q for q in streams if got[q] < high[q]])
+        for _ in range(rng.randrange(1, 40)):
+            if got[p] == high[p]:
+                break
+            name = f"{p}:{got[p]}"
+            times[name] = streams[p][got[p]]
+            al.add(p, got[p], streams[p][got[p]], name)
+            got[p] += 1
+        released += al.release({q: Position(high[q], start=0) for q in streams})
+    assert sorted(released) == sorted(times)
+    latest = -1
+    for name in released:
+        assert times[name] >= latest - slack
+        latest = max(latest, times[name])
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError):
+        EventTimeAligner(-1, 1.0, lambda: 0.0)

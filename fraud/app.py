@@ -26,14 +26,17 @@ from fraud.agents.emitter import KafkaEmitter
 from fraud.agents.table_store import FaustTableStore
 from fraud.agents.transport import LowLatencyTransport
 from fraud.agents.watermarks import LabelWatermarks
+from fraud.batching import CONTRACT_HEADER, ENRICHED_BATCH, contract_of, group_by_partition
 from fraud.broker import TopicSpec
 from fraud.contracts import dead_letter_headers
 from fraud.customer import CustomerConfig
+from fraud.metrics import WorkerMetrics, worker_metrics
 from fraud.pipeline import RawRecord
 from fraud.settings import Settings
 from fraud.stages import CustomerStage, Policy, TerminalStage
 from fraud.terminal import TerminalConfig
 from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.enriched_pb2 import EnrichedBatch
 from fraud.v1.transaction_pb2 import Transaction
 
 log = logging.getLogger("fraud.worker")
@@ -78,6 +81,7 @@ def _records(events: Sequence[Any]) -> list[RawRecord]:
             partition=e.message.partition,
             offset=e.message.offset,
             timestamp_ms=int(e.message.timestamp * 1000),
+            contract=contract_of(e.message.headers),
         )
         for e in events
     ]
@@ -93,8 +97,11 @@ class WorkerApp:
     terminals: TerminalStage
 
 
-def create_app(settings: Settings, policy: Policy) -> WorkerApp:
+def create_app(
+    settings: Settings, policy: Policy, metrics: WorkerMetrics | None = None
+) -> WorkerApp:
     """Build the worker app for ``settings``, deciding with ``policy``."""
+    metrics = metrics or worker_metrics()
     names = settings.topic_names
     repartition = by_terminal_topic(settings)
     app = faust.App(
@@ -133,6 +140,7 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
         wall_ms,
         CustomerConfig(allowed_lateness_ms=settings.allowed_lateness_ms),
         settings.max_future_ms,
+        settings.partitions,
     )
     terminals = TerminalStage(
         terminal_store,
@@ -149,6 +157,7 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
     flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
 
     def send_dead(letters: Sequence[DeadLetter]) -> None:
+        metrics.record_dead_letters(letters)
         for letter in letters:
             log.warning(
                 "dead letter %s:%d@%d %s: %s",
@@ -172,7 +181,7 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
         customer_store.on_changelog_offsets(offsets)
         terminal_store.on_changelog_offsets(offsets)
 
-    aligner: EventTimeAligner[tuple[Transaction, RawRecord, Any]] = EventTimeAligner(
+    aligner: EventTimeAligner[tuple[Transaction, RawRecord, int, Any]] = EventTimeAligner(
         settings.align_slack_ms,
         settings.align_idle_ms / 1000,
         time.monotonic,
@@ -199,16 +208,27 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
         async with align_lock:
             items = aligner.release(positions())
             if items:
+                started = time.perf_counter()
                 result = customers.process_parsed(
-                    [tx for tx, _, _ in items], [rec for _, rec, _ in items]
+                    [tx for tx, _, _, _ in items],
+                    [rec for _, rec, _, _ in items],
+                    [index for _, _, index, _ in items],
                 )
-                for item in result.enriched:
+                enriched = result.enriched
+                for partition, group in group_by_partition(
+                    enriched, [e.transaction.terminal_id for e in enriched], settings.partitions
+                ):
                     emitter.send(
-                        repartition, item.transaction.terminal_id.encode(), item.SerializeToString()
+                        repartition,
+                        None,
+                        EnrichedBatch(items=group).SerializeToString(),
+                        partition=partition,
+                        headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
                     )
+                metrics.record_batch("customer", len(items), time.perf_counter() - started)
             if items or always_deliver:
                 await deliver()
-            for _, _, event in items:
+            for _, _, _, event in items:
                 event.ack()
             full = aligner.overfull()
             if full != paused:
@@ -225,12 +245,13 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
             records = _records(events)
             event_of = {id(rec): event for rec, event in zip(records, events, strict=True)}
             dead: list[DeadLetter] = []
-            txs, kept = customers.parse(records, dead)
-            for tx, rec in zip(txs, kept, strict=True):
+            parsed = customers.parse(records, dead)
+            for tx, rec, index in zip(parsed.txs, parsed.recs, parsed.indexes, strict=True):
                 event = event_of[id(rec)]
-                # Held until released: take_events' own ack then leaves it unacknowledged.
+                # Held until released: take_events' own ack then leaves it unacknowledged (a
+                # TransactionBatch record counts once per transaction).
                 event.message.incref()
-                aligner.add(rec.partition, rec.offset, tx.event_time_ms, (tx, rec, event))
+                aligner.add(rec.partition, rec.offset, tx.event_time_ms, (tx, rec, index, event))
             send_dead(dead)
             await release(always_deliver=bool(dead))
             yield None
@@ -245,7 +266,10 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
     async def label_agent(stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             records = _records(events)
+            started = time.perf_counter()
             result = terminals.apply_labels(records)
+            metrics.record_batch("labels", len(records), time.perf_counter() - started)
+            metrics.record_labels_applied(result.labels_applied)
             send_dead(result.dead_letters)
             await deliver()
             for rec, time_ms in zip(records, result.label_times, strict=True):
@@ -263,7 +287,11 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
                     needs[partition] = t
             if needs:
                 await watermarks.wait(needs)
+            started = time.perf_counter()
             result = terminals.process_decoded(items)
+            metrics.record_batch("terminal", len(items), time.perf_counter() - started)
+            metrics.record_decisions(result.decisions, wall_ms())
+            metrics.record_alerts(result.alerts)
             for decision in result.decisions:
                 emitter.send(
                     names.decisions, decision.customer_id.encode(), decision.SerializeToString()
@@ -275,6 +303,22 @@ def create_app(settings: Settings, policy: Policy) -> WorkerApp:
             send_dead([*dead, *result.dead_letters])
             await deliver()
             yield None
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def observe_lag_and_tables() -> None:
+        """Consumer lag (high watermark - committed offset) and table sizes, for /metrics."""
+        committed: Mapping[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+        owned: dict[str, list[int]] = {}
+        for tp in app.consumer.assignment():
+            owned.setdefault(tp.topic, []).append(tp.partition)
+            high = app.consumer.highwater(tp)
+            if high is not None:
+                metrics.set_lag(tp.topic, tp.partition, int(high) - int(committed.get(tp) or 0))
+        for name, store, topic in (
+            ("customer-state", customer_store, names.transactions),
+            ("terminal-state", terminal_store, repartition),
+        ):
+            metrics.set_table_size(name, store.estimate_keys(owned.get(topic, [])))
 
     def prepare() -> None:
         """One-time costs before the first transaction: open the RocksDB of every assigned

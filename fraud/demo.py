@@ -184,6 +184,7 @@ def worker_process(
         "--web-port", "0",
         "--ready-file", str(ready),
         "--label-wait-ms", str(settings.label_wait_ms),
+        *([] if settings.metrics_port is None else ["--metrics-port", str(settings.metrics_port)]),
     ]  # fmt: skip
     return managed_process("worker", args, workdir / "worker.log", say, ready, timeout_s)
 

@@ -21,6 +21,8 @@ class RawRecord:
     partition: int
     offset: int
     timestamp_ms: int
+    # The ``fraud.contract`` header (fraud.batching): None for one message per record.
+    contract: bytes | None = None
 
 
 def alert_for(decision: Decision, now_ms: int) -> Alert:

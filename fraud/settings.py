@@ -73,6 +73,9 @@ class Settings:
     block_score: float = 0.9
     # Worker web/metrics port (0: let Faust pick; None disables).
     web_port: int | None = 6066
+    # Prometheus /metrics of the worker (fraud.metrics); None disables.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     topics: Topics = field(default_factory=Topics)
 
     @property

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from fraud.contracts import Rejected, dead_letter, parse_transaction
+from fraud.batching import CONTRACT_HEADER, ENRICHED_BATCH, TRANSACTION_BATCH, partition_for
+from fraud.contracts import Rejected, dead_letter, parse_transaction, validate_transaction
 from fraud.currency import exponent
 from fraud.customer import CustomerConfig, terminal_hash, update_customers
 from fraud.features import (
@@ -36,9 +37,9 @@ from fraud.terminal import TerminalConfig, risk, tx_hash, update_terminals
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Decision, Reason
-from fraud.v1.enriched_pb2 import EnrichedTransaction
+from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction
 from fraud.v1.label_pb2 import Label
-from fraud.v1.transaction_pb2 import Transaction
+from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
 
 N_CUSTOMER = len(CUSTOMER_STAGE_FEATURES)
 NO_TIME = -(2**63)
@@ -92,13 +93,40 @@ def _reject(rec: RawRecord, rejected: Rejected, now_ms: int) -> DeadLetter:
     )
 
 
+@dataclass
+class Parsed:
+    """Valid transactions of a micro-batch, each with its record and its index in the record
+    (0 unless the record is a TransactionBatch)."""
+
+    txs: list[Transaction] = field(default_factory=list)
+    recs: list[RawRecord] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+
+
 def parse_transactions(
-    records: Sequence[RawRecord], now_ms: int, max_future_ms: int, dead: list[DeadLetter]
-) -> tuple[list[Transaction], list[RawRecord]]:
-    """Valid transactions and their records; the rest become dead letters."""
-    txs: list[Transaction] = []
-    kept: list[RawRecord] = []
+    records: Sequence[RawRecord],
+    now_ms: int,
+    max_future_ms: int,
+    dead: list[DeadLetter],
+    partitions: int | None = None,
+) -> Parsed:
+    """Valid transactions and their records; the rest become dead letters.
+
+    A record is one ``Transaction`` keyed by its customer_id, or (``fraud.contract`` header) a
+    ``TransactionBatch`` whose transactions all belong to the record's partition; checking that
+    needs ``partitions``, the topic's partition count.
+    """
+    out = Parsed()
     for rec in records:
+        if rec.contract == TRANSACTION_BATCH:
+            _parse_batch(rec, now_ms, max_future_ms, dead, partitions, out)
+            continue
+        if rec.contract is not None:
+            rejected = Rejected(
+                "unknown_contract", f"header {CONTRACT_HEADER}={rec.contract!r} is not known"
+            )
+            dead.append(_reject(rec, rejected, now_ms))
+            continue
         parsed = parse_transaction(rec.value, now_ms, max_future_ms)
         if not isinstance(parsed, Rejected) and rec.key != parsed.customer_id.encode():
             parsed = Rejected(
@@ -109,9 +137,50 @@ def parse_transactions(
         if isinstance(parsed, Rejected):
             dead.append(_reject(rec, parsed, now_ms))
         else:
-            txs.append(parsed)
-            kept.append(rec)
-    return txs, kept
+            out.txs.append(parsed)
+            out.recs.append(rec)
+            out.indexes.append(0)
+    return out
+
+
+def _parse_batch(
+    rec: RawRecord,
+    now_ms: int,
+    max_future_ms: int,
+    dead: list[DeadLetter],
+    partitions: int | None,
+    out: Parsed,
+) -> None:
+    batch = TransactionBatch()
+    try:
+        batch.ParseFromString(rec.value or b"")
+    except DecodeError as exc:
+        dead.append(
+            _reject(rec, Rejected("decode_error", f"not a TransactionBatch: {exc}"), now_ms)
+        )
+        return
+    for index, tx in enumerate(batch.transactions):
+        rejected = validate_transaction(tx, now_ms, max_future_ms)
+        if rejected is None and partitions is not None:
+            want = partition_for(tx.customer_id, partitions)
+            if want != rec.partition:
+                rejected = Rejected(
+                    "wrong_partition",
+                    f"customer_id {tx.customer_id!r} belongs to partition {want}, not "
+                    f"{rec.partition}: group a TransactionBatch by the murmur2 partition of "
+                    "each customer_id (fraud.batching)",
+                )
+        if rejected is not None:
+            letter = _reject(
+                rec, Rejected(rejected.reason, f"item {index}: {rejected.detail}"), now_ms
+            )
+            letter.key = tx.customer_id.encode()
+            letter.payload = tx.SerializeToString()
+            dead.append(letter)
+            continue
+        out.txs.append(tx)
+        out.recs.append(rec)
+        out.indexes.append(index)
 
 
 class CustomerStage:
@@ -121,27 +190,31 @@ class CustomerStage:
         clock: Callable[[], int],
         config: CustomerConfig | None = None,
         max_future_ms: int = 2 * 86_400_000,
+        partitions: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.config = config or CustomerConfig()
         self.max_future_ms = max_future_ms
+        # Partition count of the transactions topic, to check TransactionBatch records.
+        self.partitions = partitions
 
     def process(self, records: Sequence[RawRecord]) -> CustomerResult:
         dead: list[DeadLetter] = []
-        txs, recs = self.parse(records, dead)
-        result = self.process_parsed(txs, recs)
+        parsed = self.parse(records, dead)
+        result = self.process_parsed(parsed.txs, parsed.recs, parsed.indexes)
         result.dead_letters[:0] = dead
         return result
 
-    def parse(
-        self, records: Sequence[RawRecord], dead: list[DeadLetter]
-    ) -> tuple[list[Transaction], list[RawRecord]]:
+    def parse(self, records: Sequence[RawRecord], dead: list[DeadLetter]) -> Parsed:
         """Valid transactions and their records; the rest are appended to ``dead``."""
-        return parse_transactions(records, self.clock(), self.max_future_ms, dead)
+        return parse_transactions(records, self.clock(), self.max_future_ms, dead, self.partitions)
 
     def process_parsed(
-        self, txs: Sequence[Transaction], recs: Sequence[RawRecord]
+        self,
+        txs: Sequence[Transaction],
+        recs: Sequence[RawRecord],
+        indexes: Sequence[int] | None = None,
     ) -> CustomerResult:
         """Update the customers' windows and enrich ``txs`` (valid, with their records)."""
         result = CustomerResult()
@@ -179,7 +252,8 @@ class CustomerStage:
             ]
         )
         assert features.shape[1] == N_CUSTOMER
-        for tx, rec, row in zip(txs, recs, features.tolist(), strict=True):
+        index = indexes if indexes is not None else [0] * n
+        for tx, rec, i, row in zip(txs, recs, index, features.tolist(), strict=True):
             result.enriched.append(
                 EnrichedTransaction(
                     transaction=tx,
@@ -188,6 +262,7 @@ class CustomerStage:
                     source_topic=rec.topic,
                     source_partition=rec.partition,
                     source_offset=rec.offset,
+                    source_index=i,
                 )
             )
         return result
@@ -268,9 +343,12 @@ class TerminalStage:
         dead: list[DeadLetter] = []
         now_ms = self.clock()
         for rec in records:
-            item = EnrichedTransaction()
+            batch = rec.contract == ENRICHED_BATCH
             try:
-                item.ParseFromString(rec.value or b"")
+                if batch:
+                    received = list(EnrichedBatch.FromString(rec.value or b"").items)
+                else:
+                    received = [EnrichedTransaction.FromString(rec.value or b"")]
             except DecodeError as exc:
                 dead.append(
                     _reject(
@@ -278,20 +356,21 @@ class TerminalStage:
                     )
                 )
                 continue
-            if len(item.customer_features) != N_CUSTOMER:
-                dead.append(
-                    _reject(
-                        rec,
-                        Rejected(
-                            "feature_mismatch",
-                            f"{len(item.customer_features)} customer features, expected "
-                            f"{N_CUSTOMER}: workers of different versions?",
-                        ),
-                        now_ms,
+            for item in received:
+                if len(item.customer_features) != N_CUSTOMER:
+                    dead.append(
+                        _reject(
+                            rec,
+                            Rejected(
+                                "feature_mismatch",
+                                f"{len(item.customer_features)} customer features, expected "
+                                f"{N_CUSTOMER}: workers of different versions?",
+                            ),
+                            now_ms,
+                        )
                     )
-                )
-                continue
-            items.append((item, rec.partition))
+                    continue
+                items.append((item, rec.partition))
         return items, dead
 
     def process_decoded(self, decoded: Sequence[tuple[EnrichedTransaction, int]]) -> TerminalResult:
@@ -358,6 +437,7 @@ class TerminalStage:
                 source_topic=item.source_topic,
                 source_partition=item.source_partition,
                 source_offset=item.source_offset,
+                source_index=item.source_index,
             )
             for rule_id in decision.rules_fired:
                 decision.reasons.append(Reason(code=f"RULE:{rule_id}"))

@@ -13,6 +13,7 @@ import faust.worker
 
 from fraud.app import create_app, internal_topics
 from fraud.broker import ensure_topics
+from fraud.metrics import MetricsServer
 from fraud.pipeline import warmup
 from fraud.policy import policy_from_settings
 from fraud.policy_topic import PolicyWatcher, policy_topic_spec
@@ -85,6 +86,10 @@ def run_worker(
         watcher.stop()
         built.close()
 
+    server = None
+    if settings.metrics_port is not None:
+        server = MetricsServer(settings.metrics_port, settings.metrics_host).start()
+        log.warning("metrics on %s", server.url)
     worker = _Worker(
         built.app,
         prepare=prepare,
@@ -93,5 +98,9 @@ def run_worker(
         quiet=True,
         ready_file=ready_file,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if server is not None:
+            server.stop()
     return 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 from google.protobuf.message import Message
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraud.broker import ensure_topics, free_port, read_info
 from fraud.demo import worker_process
@@ -28,7 +32,7 @@ from fraud.subscribe import open_consumer
 from fraud.testing import StepReplay
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
-from fraud.v1.decision_pb2 import ALLOW, Decision
+from fraud.v1.decision_pb2 import ALLOW, Action, Decision
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 from tests.batch_reference import batch_features
@@ -80,6 +84,17 @@ def check_decisions(decisions: list[Decision], want: dict[str, tuple[list[float]
         assert d.action == action, d.transaction_id
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus text endpoint as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def small_file(tmp_path: Path, seed: int = 3) -> tuple[Simulated, Path]:
     sim = simulate(
         SimulationConfig(
@@ -128,21 +143,44 @@ def test_replay_gives_one_exact_decision_per_transaction(
     assert all(lab.event_time_ms - lab.transaction_time_ms == 7 * DAY_MS for lab in labels)
 
 
+@pytest.mark.parametrize("batch", [1, 250])
 def test_a_backlog_replayed_at_full_speed_gives_exact_features(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, batch: int
 ) -> None:
     """The whole labelled file is in Kafka before the worker starts, so its customer
     partitions could run days apart; event-time alignment keeps every terminal window exact
-    (with alignment off, terminal features of this file come out wrong)."""
+    (with alignment off, terminal features of this file come out wrong). With ``batch``,
+    transactions travel as TransactionBatch records and only fraud labels are published."""
     sim, path = small_file(tmp_path, seed=5)
     n = len(sim)
+    settings = dataclasses.replace(settings, metrics_port=free_port())
     ensure_topics(settings)
     steps = StepReplay(settings, path, tmp_path)
-    replay(settings, path, label_delay_ms=7 * DAY_MS)
+    stats = replay(
+        settings, path, label_delay_ms=7 * DAY_MS, batch=batch, fraud_labels_only=batch > 1
+    )
+    assert stats.labels == (int(sim.fraud.sum()) if batch > 1 else n)
     with worker_process(settings, tmp_path, print):
         assert steps.collect(n, timeout_s=300)
+        # The worker's /metrics, scraped while it runs, counts what it did.
+        metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
     steps.close()
     check_decisions(steps.decisions, expected(sim))
+    actions = collections.Counter(Action.Name(d.action) for d in steps.decisions)
+    for action, count in actions.items():
+        assert metrics[("fraud_decisions_total", (("action", action),))] == count
+    assert metrics[("fraud_stage_records_total", (("stage", "terminal"),))] == n
+    assert metrics[("fraud_stage_records_total", (("stage", "customer"),))] == n
+    assert metrics[("fraud_alerts_total", ())] == n - actions["ALLOW"]
+    assert metrics[("fraud_ingest_to_decision_seconds_count", ())] == n
+    assert metrics[("fraud_labels_applied_total", ())] == stats.labels
+    if batch > 1:
+        # Each decision points at its transaction inside its TransactionBatch record.
+        assert max(d.source_index for d in steps.decisions) > 0
+        assert (
+            len({(d.source_partition, d.source_offset, d.source_index) for d in steps.decisions})
+            == n
+        )
 
 
 def test_bad_messages_go_to_dead_letters(settings: Settings, tmp_path: Path) -> None:

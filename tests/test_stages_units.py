@@ -659,3 +659,48 @@ def test_random_transactions_are_sorted_valid_and_tied() -> None:
     assert len({tx.customer_id for tx in txs}) == 10
     stage = CustomerStage(InMemoryStore(), FakeClock(START_MS + 30 * DAY_MS))
     assert stage.process(to_records(txs)).dead_letters == []
+
+
+def test_transaction_batch_records_are_checked_item_by_item() -> None:
+    """A TransactionBatch record: valid items are enriched in order with their index; an
+    invalid item, or one whose customer hashes to another partition, is dead-lettered alone."""
+    from fraud.batching import CONTRACT_HEADER, TRANSACTION_BATCH, partition_for
+    from fraud.v1.transaction_pb2 import TransactionBatch
+
+    t = START_MS + 10 * DAY_MS
+    clock = FakeClock(t + HOUR_MS)
+    partitions = 4
+    stage = CustomerStage(InMemoryStore(), clock, partitions=partitions)
+    home = partition_for("alice", partitions)
+    stranger = next(
+        c for c in (f"c{i}" for i in range(100)) if partition_for(c, partitions) != home
+    )
+    items = [
+        tx_of("alice", "a1", 1000, t - HOUR_MS),
+        tx_of("alice", "neg", -5, t),
+        tx_of(stranger, "s1", 1000, t),
+        tx_of("alice", "a2", 3000, t),
+    ]
+    value = TransactionBatch(transactions=items).SerializeToString()
+    records = [
+        RawRecord(None, value, "transactions", home, 7, t + 1, TRANSACTION_BATCH),
+        RawRecord(None, GARBAGE, "transactions", home, 8, t + 2, TRANSACTION_BATCH),
+        RawRecord(None, b"", "transactions", home, 9, t + 3, b"fraud.v9.Unknown"),
+    ]
+    result = stage.process(records)
+    assert [
+        (e.transaction.transaction_id, e.source_offset, e.source_index) for e in result.enriched
+    ] == [
+        ("a1", 7, 0),
+        ("a2", 7, 3),
+    ]
+    assert features_of(result.enriched[1])["customer_nb_tx_1d"] == 2.0
+    got = [(d.reason, d.source_offset, d.key, d.payload) for d in result.dead_letters]
+    assert got == [
+        ("invalid_amount", 7, b"alice", items[1].SerializeToString()),
+        ("wrong_partition", 7, stranger.encode(), items[2].SerializeToString()),
+        ("decode_error", 8, b"", GARBAGE),
+        ("unknown_contract", 9, b"", b""),
+    ]
+    assert result.dead_letters[0].detail.startswith("item 1: ")
+    assert CONTRACT_HEADER in result.dead_letters[3].detail

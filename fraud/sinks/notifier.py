@@ -10,6 +10,9 @@ dead letters written), so delivery is at-least-once; de-duplication state lives 
 Kafka client: aiokafka. The senders (aiosmtplib, aiohttp) are asyncio, so an asyncio consumer
 keeps everything on one event loop with no thread hand-off; it commits explicit offsets, leaves
 the group cleanly on stop, and is already a dependency (Faust's transport).
+
+``NotifierStats`` counts for one run; the same points feed the Prometheus series of
+``fraud.metrics.NotifierMetrics`` (served by ``fraud notifier --metrics-port``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraud import fetch_backoff
 from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics
+from fraud.metrics import NotifierMetrics, notifier_metrics
 from fraud.settings import Settings
 from fraud.sinks.email import EmailSender
 from fraud.sinks.notify import (
@@ -121,6 +125,7 @@ class Dispatcher:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         stats: NotifierStats | None = None,
+        metrics: NotifierMetrics | None = None,
     ) -> None:
         self.config = config
         self.senders = senders
@@ -128,17 +133,23 @@ class Dispatcher:
         self.monotonic = monotonic
         self.sleep = sleep
         self.stats = stats if stats is not None else NotifierStats()
+        self.metrics = metrics if metrics is not None else notifier_metrics()
         d = config.delivery
         self._limits = {r.name: RateLimiter(r.rate_limit_per_minute) for r in config.routes}
         self._dedupe = {r.name: Deduper(r.dedupe_window_s) for r in config.routes}
         self._breakers = {
             ch: CircuitBreaker(d.breaker_failures, d.breaker_reset_s) for ch in senders
         }
+        for route in config.routes:
+            self.metrics.route(route.name, route.channel)
+        for channel, breaker in self._breakers.items():
+            self.metrics.breaker(channel, breaker.state)
 
     async def handle(
         self, routes: Sequence[Route], value: bytes | None, source: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         self.stats.received += 1
+        self.metrics.records.labels(str(source.get("topic", ""))).inc()
         letters: list[dict[str, Any]] = []
         formats = dict.fromkeys(r.format for r in routes)
         for fmt in formats:
@@ -146,6 +157,7 @@ class Dispatcher:
                 event = decode_event(fmt, value)
             except EventError as exc:
                 self.stats.undecodable += 1
+                self.metrics.dead_letters.labels("decode_error").inc()
                 log.warning("undecodable message at %s: %s", _where(source), exc)
                 names = [r.name for r in routes if r.format == fmt]
                 letters.append(_letter(f"decode_error: {exc}", source, routes=names))
@@ -161,6 +173,7 @@ class Dispatcher:
     ) -> dict[str, Any] | None:
         if isinstance(item, Skipped):
             self.stats.skipped += 1
+            self.metrics.dead_letters.labels("no_recipient").inc()
             log.warning(
                 "route %s: nothing sent for %s: %s", item.route, _where(source), item.reason
             )
@@ -169,21 +182,28 @@ class Dispatcher:
         dedupe = self._dedupe[item.route]
         if dedupe.is_duplicate(item.dedupe_key, now):
             self.stats.deduplicated += 1
+            self.metrics.notification(item.route, item.channel, "deduplicated")
             log.info("route %s: duplicate within the window, not sent", item.route)
             return None
         if not self._limits[item.route].allow(item.to, now):
             self.stats.rate_limited += 1
+            self.metrics.notification(item.route, item.channel, "rate_limited")
             log.warning("route %s: recipient over its rate limit, not sent", item.route)
             return None
         if item.missing:
             log.warning("route %s: template fields missing in the event: %s", item.route,
                         ", ".join(item.missing))  # fmt: skip
         reason, attempts = await self._deliver(item)
+        # _deliver is what moves the breaker (allow may half-open it, results close or open it)
+        self.metrics.breaker(item.channel, self._breakers[item.channel].state)
         if reason is None:
             self.stats.sent += 1
+            self.metrics.notification(item.route, item.channel, "sent")
             dedupe.record(item.dedupe_key, self.clock())
             return None
         self.stats.failed += 1
+        self.metrics.notification(item.route, item.channel, "failed")
+        self.metrics.dead_letters.labels("send_failed").inc()
         log.warning("route %s: %s notification given up: %s", item.route, item.channel, reason)
         return _letter(reason, source, notification=item, attempts=attempts)
 
@@ -199,7 +219,7 @@ class Dispatcher:
         while attempt < d.attempts:
             attempt += 1
             try:
-                await sender.send(item)
+                await self._send(sender, item)
             except SendError as exc:
                 reason = exc.reason
                 if not exc.retryable:
@@ -210,6 +230,7 @@ class Dispatcher:
                     if exc.retry_after is not None:
                         delay = max(delay, min(exc.retry_after, d.max_backoff_s))
                     self.stats.retries += 1
+                    self.metrics.retries.labels(item.channel).inc()
                     log.info("route %s: attempt %d failed (%s), retry in %.2f s", item.route,
                              attempt, reason, delay)  # fmt: skip
                     await self.sleep(delay)
@@ -221,6 +242,13 @@ class Dispatcher:
                 return None, attempt
         breaker.record_failure(self.monotonic())
         return f"{reason} (after {attempt} attempts)", attempt
+
+    async def _send(self, sender: Sender, item: Notification) -> None:
+        started = time.perf_counter()
+        try:
+            await sender.send(item)
+        finally:
+            self.metrics.send_duration.labels(item.channel).observe(time.perf_counter() - started)
 
 
 def _where(source: Mapping[str, Any]) -> str:
@@ -286,11 +314,13 @@ async def run_notifier(
     clock: Callable[[], float] = time.time,
     stats: NotifierStats | None = None,
     senders: Mapping[Channel, Sender] | None = None,
+    metrics: NotifierMetrics | None = None,
 ) -> None:
     """Consume the route topics and notify until ``stop`` is set.
 
     ``ready`` is set once the group has assigned partitions. ``clock`` (seconds) drives rate
     limits and de-duplication windows. ``senders`` replaces the configured ones (tests).
+    ``metrics`` defaults to this process's shared ``fraud.metrics.notifier_metrics()``.
     """
     fetch_backoff.install()
     config = load_config(config_path)
@@ -306,7 +336,7 @@ async def run_notifier(
         log.warning("topic %r does not exist yet; it is picked up once created", topic)
     own_senders = senders is None
     active: Mapping[Channel, Sender] = _senders(config) if senders is None else senders
-    dispatcher = Dispatcher(config, active, clock=clock, stats=stats)
+    dispatcher = Dispatcher(config, active, clock=clock, stats=stats, metrics=metrics)
     consumer = AIOKafkaConsumer(
         *routes,
         bootstrap_servers=settings.brokers,

@@ -35,6 +35,9 @@ Design choices:
   head is (nearly) the earliest; ``next_step`` sends long ``Retry-After`` waits to a later level.
 * **Dead letters** carry the envelope with ``reason``, ``attempt``, first/last attempt times,
   last status and error; ``fraud.sinks.dlq`` lists and re-drives them.
+* **Metrics.** ``WebhookStats`` counts for this run (tests, the summary line); the same points
+  feed the Prometheus series of ``fraud.metrics.WebhookMetrics`` per endpoint (subscription
+  id), served by ``fraud webhooks --metrics-port``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from google.protobuf.message import DecodeError
 from fraud import fetch_backoff
 from fraud.broker import TopicSpec, ensure_topics
 from fraud.contracts import to_json
+from fraud.metrics import EndpointMetrics, WebhookMetrics, webhook_metrics
 from fraud.settings import Settings
 from fraud.sinks.delivery import Envelope, OffsetTracker, decode, encode, event_id_for, percentile
 from fraud.sinks.retry import (
@@ -180,6 +184,7 @@ class _Endpoint:
     sub: Subscription
     semaphore: asyncio.Semaphore
     breaker: CircuitBreaker
+    metrics: EndpointMetrics
     pending: int = 0
 
 
@@ -202,6 +207,7 @@ class _Sink:
         policy: RetryPolicy,
         clock: Callable[[], float],
         stats: WebhookStats,
+        metrics: WebhookMetrics,
         stop: asyncio.Event,
         rng: random.Random,
         max_in_flight: int,
@@ -213,6 +219,7 @@ class _Sink:
         self.policy = policy
         self.clock = clock
         self.stats = stats
+        self.metrics = metrics
         self.stop = stop
         self.rng = rng
         self.max_pending = max_pending_per_endpoint
@@ -265,6 +272,7 @@ class _Sink:
             raise
         except Exception:
             log.exception("delivery %s failed; its offset stays uncommitted", envelope.event_id)
+            self.metrics.endpoint(envelope.subscription_id).outcome("failed")
         else:
             on_done()
         finally:
@@ -289,7 +297,9 @@ class _Sink:
             if current is not None and current.sub.url == sub.url
             else self.breaker_factory()
         )
-        fresh = _Endpoint(sub, asyncio.Semaphore(sub.max_concurrency), breaker)
+        series = self.metrics.endpoint(sub.id)
+        series.breaker(breaker.state)
+        fresh = _Endpoint(sub, asyncio.Semaphore(sub.max_concurrency), breaker, series)
         self.endpoints[sub.id] = fresh
         return fresh
 
@@ -313,24 +323,37 @@ class _Sink:
         endpoint.pending += 1
         try:
             async with endpoint.semaphore:
-                if endpoint.breaker.allow(self.clock()):
-                    result = await self.post(sub, envelope)
+                allowed = endpoint.breaker.allow(self.clock())
+                endpoint.metrics.breaker(endpoint.breaker.state)  # allow may half-open it
+                if allowed:
+                    result = await self.post(sub, envelope, endpoint.metrics)
                 else:
                     self.stats.short_circuited += 1
+                    endpoint.metrics.short_circuited()
                     failures = endpoint.breaker.consecutive_failures
                     result = _Attempt(None, f"circuit open ({failures} failures)", None, False)
         finally:
             endpoint.pending -= 1
         await self.route(envelope, sub, endpoint, result)
 
-    async def post(self, sub: Subscription, envelope: Envelope) -> _Attempt:
-        assert self.session is not None
+    async def post(
+        self, sub: Subscription, envelope: Envelope, metrics: EndpointMetrics
+    ) -> _Attempt:
         try:
             headers = sign(sub.secrets, envelope.event_id, envelope.body, int(self.clock()))
         except ValueError as exc:
             return _Attempt(0, f"cannot sign: {exc}", None, False)  # status 0: not retryable
         headers["Content-Type"] = "application/json"
         self.stats.attempts += 1
+        started = time.perf_counter()
+        result = await self._request(sub, envelope, headers)
+        metrics.attempt(result.status, time.perf_counter() - started, retry=envelope.attempt > 0)
+        return result
+
+    async def _request(
+        self, sub: Subscription, envelope: Envelope, headers: dict[str, str]
+    ) -> _Attempt:
+        assert self.session is not None
         try:
             async with self.session.post(
                 sub.url,
@@ -366,6 +389,7 @@ class _Sink:
                 endpoint.breaker.record_success()  # it answered: the endpoint is up
             elif status != 429:
                 endpoint.breaker.record_failure(now)
+            endpoint.metrics.breaker(endpoint.breaker.state)
         after = envelope.after_attempt(
             url=sub.url, now_ms=now_ms, status=result.status, error=result.error
         )
@@ -373,13 +397,16 @@ class _Sink:
         step = next_step(self.policy, after.attempt, classification.outcome, retry_after, self.rng)
         if step.action is Action.DONE:
             self.stats.delivered += 1
-            if envelope.created_at_ms:
-                self.stats.latencies_ms.append(float(now_ms - envelope.created_at_ms))
+            latency_ms = float(now_ms - envelope.created_at_ms) if envelope.created_at_ms else None
+            if latency_ms is not None:
+                self.stats.latencies_ms.append(latency_ms)
+            endpoint.metrics.delivered(None if latency_ms is None else latency_ms / 1000)
             return
         if step.action is Action.DELIVER_LATER and step.retry_level is not None:
             due = replace(after, due_ms=now_ms + math.ceil(step.delay_s * 1000))
             await self.send(retry_topic(self.settings, step.retry_level), due)
             self.stats.retried += 1
+            endpoint.metrics.outcome("retried")
             log.debug("%s: %s, retry level %d", after.event_id, result.error, step.retry_level)
             return
         await self.dead_letter(after, f"{step.reason}: {classification.reason}")
@@ -395,11 +422,13 @@ class _Sink:
         )
         await self.send(retry_topic(self.settings, level), due)
         self.stats.deferred += 1
+        endpoint.metrics.outcome("deferred")
 
     async def dead_letter(self, envelope: Envelope, reason: str) -> None:
         letter = replace(envelope, reason=reason, dead_at_ms=self.now_ms(), due_ms=0)
         await self.send(dlq_topic(self.settings), letter)
         self.stats.dead_lettered += 1
+        self.metrics.endpoint(letter.subscription_id).outcome("dead_lettered")
         log.warning(
             "dead letter %s after %d attempt(s): %s (%s)",
             letter.event_id,
@@ -490,6 +519,7 @@ def _alert_envelopes(sink: _Sink, record: Any) -> list[Envelope]:
         alert.ParseFromString(record.value or b"")
     except DecodeError as exc:
         sink.stats.skipped += 1
+        sink.metrics.undecodable.labels("alert").inc()
         log.error("undecodable alert at %s[%d]@%d: %s", record.topic, record.partition,
                   record.offset, exc)  # fmt: skip
         return []
@@ -558,6 +588,7 @@ async def _consume_retries(sink: _Sink, consumer: Any, parts: _Partitions, level
                     envelope = decode(record.value)
                 except ValueError as exc:
                     sink.stats.skipped += 1
+                    sink.metrics.undecodable.labels("envelope").inc()
                     log.error("bad envelope at %s[%d]@%d: %s", record.topic, record.partition,
                               record.offset, exc)  # fmt: skip
                     if tp in parts.waiting:
@@ -585,10 +616,19 @@ async def _wait_assigned(consumers: Sequence[Any], timeout_s: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _watch(watcher: SubscriptionWatcher, stop: asyncio.Event, stats: WebhookStats) -> None:
+async def _watch(
+    watcher: SubscriptionWatcher,
+    stop: asyncio.Event,
+    stats: WebhookStats,
+    metrics: WebhookMetrics,
+) -> None:
+    ok, errors = metrics.reloads.labels("ok"), metrics.reloads.labels("error")
+    seen = (watcher.reloads, watcher.errors)
     while not stop.is_set():
         watcher.poll()
-        stats.reloads, stats.reload_errors = watcher.reloads, watcher.errors
+        ok.inc(watcher.reloads - seen[0])
+        errors.inc(watcher.errors - seen[1])
+        seen = stats.reloads, stats.reload_errors = watcher.reloads, watcher.errors
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=min(0.25, watcher.interval_s))
 
@@ -602,6 +642,7 @@ async def run_webhooks(
     policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so a shared default is safe
     clock: Callable[[], float] = time.time,
     stats: WebhookStats | None = None,
+    metrics: WebhookMetrics | None = None,
     max_in_flight: int = 1000,
     max_pending_per_endpoint: int = 200,
     breaker_threshold: int = 5,
@@ -615,7 +656,9 @@ async def run_webhooks(
     Creates the sink's topics, joins the consumer groups, sets ``ready`` once every consumer has
     its partitions. On stop, in-flight deliveries get ``drain_timeout_s`` to finish; then the
     finished ones are committed (the rest are delivered again by the next run). ``stats``, when
-    given, is updated as the sink runs. ``SubscriptionError`` when the file is invalid at start.
+    given, is updated as the sink runs; ``metrics`` (default: this process's shared
+    ``fraud.metrics.webhook_metrics()``) too. ``SubscriptionError`` when the file is invalid at
+    start.
     """
     fetch_backoff.install()
     stats = stats if stats is not None else WebhookStats()
@@ -627,6 +670,7 @@ async def run_webhooks(
         policy=policy,
         clock=clock,
         stats=stats,
+        metrics=metrics if metrics is not None else webhook_metrics(),
         stop=stop,
         rng=rng or random.Random(),
         max_in_flight=max_in_flight,
@@ -666,7 +710,7 @@ async def run_webhooks(
                 asyncio.create_task(_consume_retries(sink, c, p, lvl), name=f"retry-{lvl}")
                 for c, p, lvl in retries
             ),
-            asyncio.create_task(_watch(watcher, stop, stats), name="subscriptions"),
+            asyncio.create_task(_watch(watcher, stop, stats, sink.metrics), name="subscriptions"),
         ]
         if ready is not None:
             ready.set()

@@ -31,7 +31,7 @@ class Reason(_message.Message):
     def __init__(self, code: _Optional[str] = ..., feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("transaction_id", "customer_id", "terminal_id", "amount_minor", "currency", "event_time_ms", "action", "score", "features", "rules_fired", "rules_version", "model_version", "reasons", "ingested_at_ms", "decided_at_ms", "source_topic", "source_partition", "source_offset")
+    __slots__ = ("transaction_id", "customer_id", "terminal_id", "amount_minor", "currency", "event_time_ms", "action", "score", "features", "rules_fired", "rules_version", "model_version", "reasons", "ingested_at_ms", "decided_at_ms", "source_topic", "source_partition", "source_offset", "source_index")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class Decision(_message.Message):
     SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     customer_id: str
     terminal_id: str
@@ -75,4 +76,5 @@ class Decision(_message.Message):
     source_topic: str
     source_partition: int
     source_offset: int
-    def __init__(self, transaction_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., features: _Optional[_Mapping[str, float]] = ..., rules_fired: _Optional[_Iterable[str]] = ..., rules_version: _Optional[str] = ..., model_version: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ingested_at_ms: _Optional[int] = ..., decided_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ...) -> None: ...
+    source_index: int
+    def __init__(self, transaction_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., features: _Optional[_Mapping[str, float]] = ..., rules_fired: _Optional[_Iterable[str]] = ..., rules_version: _Optional[str] = ..., model_version: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ingested_at_ms: _Optional[int] = ..., decided_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ...) -> None: ...

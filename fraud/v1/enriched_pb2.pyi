@@ -8,17 +8,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnrichedTransaction(_message.Message):
-    __slots__ = ("transaction", "customer_features", "ingested_at_ms", "source_topic", "source_partition", "source_offset")
+    __slots__ = ("transaction", "customer_features", "ingested_at_ms", "source_topic", "source_partition", "source_offset", "source_index")
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FEATURES_FIELD_NUMBER: _ClassVar[int]
     INGESTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     transaction: _transaction_pb2.Transaction
     customer_features: _containers.RepeatedScalarFieldContainer[float]
     ingested_at_ms: int
     source_topic: str
     source_partition: int
     source_offset: int
-    def __init__(self, transaction: _Optional[_Union[_transaction_pb2.Transaction, _Mapping]] = ..., customer_features: _Optional[_Iterable[float]] = ..., ingested_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ...) -> None: ...
+    source_index: int
+    def __init__(self, transaction: _Optional[_Union[_transaction_pb2.Transaction, _Mapping]] = ..., customer_features: _Optional[_Iterable[float]] = ..., ingested_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ...) -> None: ...
+
+class EnrichedBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[EnrichedTransaction]
+    def __init__(self, items: _Optional[_Iterable[_Union[EnrichedTransaction, _Mapping]]] = ...) -> None: ...

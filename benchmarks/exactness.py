@@ -1,6 +1,7 @@
 """Every feature of every decision, through the broker, against the batch reference.
 
-    python benchmarks/exactness.py [--customers 1700] [--days 60] [--step 500] [--max-speed]
+    python benchmarks/exactness.py [--customers 1700] [--days 60] [--step 500]
+        [--max-speed [--batch 500]]
 
 Simulates a labelled file (with coordinates), starts an embedded broker and a worker, replays
 the file with labels 7 days after each transaction, and compares each decision's features with
@@ -46,6 +47,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=500)
     parser.add_argument("--max-speed", action="store_true")
+    parser.add_argument(
+        "--batch", type=int, default=1,
+        help="with --max-speed: transactions per TransactionBatch record, and fraud labels only",
+    )  # fmt: skip
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fraud-exactness-"))
@@ -70,7 +75,10 @@ def main() -> None:
         ensure_topics(settings)
         steps = StepReplay(settings, path, work)
         if args.max_speed:
-            replay(settings, path, label_delay_ms=7 * DAY_MS)
+            replay(
+                settings, path, label_delay_ms=7 * DAY_MS, batch=args.batch,
+                fraud_labels_only=args.batch > 1,
+            )  # fmt: skip
         started = time.perf_counter()
         with worker_process(settings, work, print):
             if args.max_speed:
@@ -101,7 +109,9 @@ def main() -> None:
     print(f"\n{'feature':<26}{'mismatches':>12}{'max |diff|':>14}")
     for r in rows:
         print(f"{r['feature']:<26}{r['mismatches']:>12,}{r['max_abs_diff']:>14.3g}")
-    mode = "backlog at max speed" if args.max_speed else f"closed-loop steps of {args.step}"
+    mode = f"closed-loop steps of {args.step}"
+    if args.max_speed:
+        mode = "backlog at max speed" + (f", batches of {args.batch}" if args.batch > 1 else "")
     verdict = "EXACT" if total_bad == 0 and seen == n else "NOT EXACT"
     print(
         f"\n{verdict}: {n:,} transactions, {seen:,} decisions, {total_bad:,} feature values off "

@@ -87,6 +87,13 @@ def _records(events: Sequence[Any]) -> list[RawRecord]:
     ]
 
 
+def _committed(app: faust.App) -> Mapping[TP, int | None]:
+    """The committed offset of each assigned partition, where its consumption started from (or
+    what was committed since). Faust has no public accessor for it."""
+    committed: Mapping[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+    return committed
+
+
 @dataclass(frozen=True)
 class WorkerApp:
     app: faust.App
@@ -149,11 +156,13 @@ def create_app(
         TerminalConfig(allowed_lateness_ms=settings.allowed_lateness_ms),
     )
 
-    def highwater(partition: int) -> int | None:
-        value = app.consumer.highwater(TP(names.labels, partition))
-        return None if value is None else int(value)
+    def label_position(partition: int) -> tuple[int | None, int | None]:
+        tp = TP(names.labels, partition)
+        high = app.consumer.highwater(tp)
+        start = _committed(app).get(tp)
+        return (None if high is None else int(high), None if start is None else int(start))
 
-    watermarks = LabelWatermarks(highwater, settings.label_wait_ms / 1000)
+    watermarks = LabelWatermarks(label_position, settings.label_wait_ms / 1000)
     flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
 
     def send_dead(letters: Sequence[DeadLetter]) -> None:
@@ -191,8 +200,7 @@ def create_app(
     paused: set[int] = set()
 
     def positions() -> dict[int, Position]:
-        # Faust has no public accessor for the offset a partition's consumption starts from.
-        committed: Mapping[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+        committed = _committed(app)
         out: dict[int, Position] = {}
         for tp in app.consumer.assignment():
             if tp.topic == names.transactions:
@@ -307,7 +315,7 @@ def create_app(
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def observe_lag_and_tables() -> None:
         """Consumer lag (high watermark - committed offset) and table sizes, for /metrics."""
-        committed: Mapping[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+        committed = _committed(app)
         owned: dict[str, list[int]] = {}
         for tp in app.consumer.assignment():
             owned.setdefault(tp.topic, []).append(tp.partition)

@@ -162,6 +162,43 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_kafka(p)
 
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: end-to-end latency, or throughput against its limits",
+        description="latency: open-loop load at a fixed rate (send times scheduled, not paced "
+        "by replies) through one worker, from produce to the Decision read back; p50, p90, "
+        "p99, p99.9, max. throughput: the highest rate with p99 under 100 ms, a large "
+        "labelled replay, and the limits measured side by side (Kafka client passthrough, a "
+        "bare Faust agent, a naive one-event-at-a-time implementation). Each starts an "
+        "embedded broker (unless --external), prints a table and writes JSON and a PNG.",
+    )
+    p.add_argument("which", choices=["latency", "throughput"])
+    p.add_argument(
+        "--rate", type=_positive(float), default=2000.0,
+        help="latency: transactions/s (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--duration", type=_positive(float), default=30.0,
+        help="seconds of measured load per run (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--replay-transactions", type=_positive(int), default=1_750_000,
+        help="throughput: size of the labelled replay (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quick", action="store_true",
+        help="throughput: small sizes, for a smoke run (a minute or two)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"),
+        help="directory for the JSON and PNG (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--external", action="store_true",
+        help="use the broker at --brokers instead of starting an embedded one",
+    )  # fmt: skip
+    _add_kafka(p)
+
     p = sub.add_parser("broker", help="start, stop or inspect the embedded broker")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument(
@@ -605,6 +642,25 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         return serve_webhooks(_settings(args), args.subscriptions)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.which == "latency":
+        from fraud.bench.latency import run as run_latency
+
+        run_latency(
+            settings, embedded=not args.external, rate=args.rate, duration_s=args.duration,
+            out_dir=args.out,
+        )  # fmt: skip
+        return 0
+    from fraud.bench.throughput import run as run_throughput
+
+    run_throughput(
+        settings, embedded=not args.external, duration_s=args.duration,
+        replay_transactions=args.replay_transactions, quick=args.quick, out_dir=args.out,
+    )  # fmt: skip
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from fraud.gateway import GatewayConfig, serve_gateway
 
@@ -707,6 +763,7 @@ COMMANDS = {
     "model": cmd_policy,
     "webhooks": cmd_webhooks,
     "gateway": cmd_gateway,
+    "bench": cmd_bench,
     "dlq": cmd_dlq,
     "notifier": cmd_notifier,
     "demo": cmd_demo,

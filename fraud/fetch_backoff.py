@@ -20,12 +20,19 @@ from typing import Any
 
 from aiokafka.consumer.fetcher import Fetcher
 
-MAX_PAUSE_S = 0.01
+MAX_PAUSE_S = 0.002
 _INSTALLED = "_fraud_empty_fetch_backoff"
 
 
-def install() -> None:
-    """Wrap aiokafka's per-request fetch once per process (idempotent)."""
+_pause_s = MAX_PAUSE_S
+
+
+def install(max_pause_s: float | None = None) -> None:
+    """Wrap aiokafka's per-request fetch once per process (idempotent); ``max_pause_s``
+    (default ``MAX_PAUSE_S``) sets the longest pause for the whole process."""
+    global _pause_s
+    if max_pause_s is not None:
+        _pause_s = max_pause_s
     if getattr(Fetcher, _INSTALLED, False):
         return
     original = Fetcher._proc_fetch_request
@@ -39,7 +46,7 @@ def install() -> None:
                 # aiokafka cancels in-flight fetches on close and expects them to return
                 # (its own code returns False on cancellation); do the same.
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.sleep(min(left, MAX_PAUSE_S))
+                    await asyncio.sleep(min(left, _pause_s))
         return got_records
 
     Fetcher._proc_fetch_request = proc_fetch_request

@@ -50,7 +50,7 @@ class Settings:
     data_dir: Path = Path(".fraud")
     # Micro-batching of the worker's agent.
     batch_max: int = 1000
-    batch_within_s: float = 0.005
+    batch_within_s: float = 0.002
     # Validation: event times later than now + this are refused.
     max_future_ms: int = 2 * DAY_MS
     # Late arrivals kept in window state beyond the longest window.

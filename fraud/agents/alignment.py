@@ -101,7 +101,9 @@ class EventTimeAligner(Generic[T]):
         for partition, pos in positions.items():
             part = self._part(partition)
             nxt = part.next_offset if part.next_offset is not None else pos.start
-            caught_up = pos.highwater is not None and nxt is not None and nxt >= pos.highwater
+            caught_up = pos.highwater == 0 or (
+                pos.highwater is not None and nxt is not None and nxt >= pos.highwater
+            )
             if caught_up:
                 part.active_at = now
                 continue

@@ -21,8 +21,12 @@ NO_TIME = -(2**63)
 
 
 class LabelWatermarks:
-    def __init__(self, highwater: Callable[[int], int | None], max_wait_s: float) -> None:
-        self._highwater = highwater  # labels partition -> next offset to be written, if known
+    def __init__(
+        self, position: Callable[[int], tuple[int | None, int | None]], max_wait_s: float
+    ) -> None:
+        # labels partition -> (next offset to be written, offset consumption started from),
+        # each None when unknown
+        self._position = position
         self.max_wait_s = max_wait_s
         self.event_time: dict[int, int] = {}
         self.next_offset: dict[int, int] = {}
@@ -39,8 +43,10 @@ class LabelWatermarks:
     def ready(self, partition: int, event_time_ms: int) -> bool:
         if self.event_time.get(partition, NO_TIME) >= event_time_ms:
             return True
-        hw = self._highwater(partition)
-        done = self.next_offset.get(partition)
+        hw, start = self._position(partition)
+        if hw == 0:
+            return True  # nothing was ever written there
+        done = self.next_offset.get(partition, start)
         return hw is not None and done is not None and done >= hw
 
     async def wait(self, needs: Mapping[int, int]) -> bool:

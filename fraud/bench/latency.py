@@ -1,0 +1,157 @@
+"""``fraud bench latency``: end-to-end decision latency at a fixed rate, open loop.
+
+Starts an embedded broker (or uses ``--brokers``), creates fresh topics, starts one worker
+process (full feature set, the decision table, and the model when ``--model`` is given), waits
+until it is ready, then sends transactions at ``--rate`` for ``--duration`` seconds after a
+warm-up and reads every Decision back (fraud.bench.load). Prints p50/p90/p99/p99.9/max, and
+writes JSON and a PNG (percentile distribution, and latency per second over the run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fraud.bench.load import LoadResult, run_load
+from fraud.bench.report import machine, plot_latency, table, write_json
+from fraud.broker import EmbeddedBroker, ensure_topics, free_port
+from fraud.demo import worker_process
+from fraud.settings import Settings
+
+Say = Callable[[str], None]
+TARGET_P99_MS = 10.0
+TARGET_P999_MS = 25.0
+
+
+@dataclass(frozen=True)
+class Environment:
+    settings: Settings
+    workdir: Path
+    worker_ready_s: float
+
+
+@contextlib.contextmanager
+def environment(
+    base: Settings, embedded: bool, say: Say, workdir: Path | None = None
+) -> Iterator[Environment]:
+    """A broker (embedded unless told otherwise), fresh topics, and one ready worker."""
+    root = Path(tempfile.mkdtemp(prefix="fraud-bench-")) if workdir is None else workdir
+    broker: EmbeddedBroker | None = None
+    try:
+        # A fresh prefix and app id: nothing of an earlier run (or of production) is reused.
+        run_id = uuid.uuid4().hex[:8]
+        settings = base.with_overrides(
+            data_dir=root / "state", topic_prefix=f"{base.topic_prefix}bench-{run_id}-",
+            app_id=f"fraud-bench-{run_id}",
+        )  # fmt: skip
+        if embedded:
+            broker = EmbeddedBroker(root / "broker", free_port())
+            broker.start()
+            settings = settings.with_overrides(brokers=broker.bootstrap)
+            say(f"broker: embedded noida-db on {broker.bootstrap}")
+        else:
+            say(f"broker: {settings.brokers}")
+        ensure_topics(settings)
+        started = time.perf_counter()
+        with worker_process(settings, root, say):
+            ready = time.perf_counter() - started
+            say(f"worker ready in {ready:.1f} s")
+            yield Environment(settings, root, ready)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def latency_row(name: str, result: LoadResult) -> dict[str, Any]:
+    s = result.recorder.summary_ms()
+    return {
+        "run": name,
+        "rate": result.rate,
+        "sent": result.sent,
+        "decided": result.received,
+        "p50_ms": s["p50"],
+        "p90_ms": s["p90"],
+        "p99_ms": s["p99"],
+        "p99.9_ms": s["p99.9"],
+        "max_ms": s["max"],
+        "first_ms": None if result.first_s is None else result.first_s * 1000,
+        "max_send_lag_ms": result.max_send_lag_s * 1000,
+        "send_to_decided_p50_ms": result.decided_p50_ms,
+        "send_to_decided_p99_ms": result.decided_p99_ms,
+    }
+
+
+LATENCY_HEADERS = ("run", "tx/s", "decided", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms")
+
+
+def latency_cells(row: dict[str, Any]) -> list[Any]:
+    return [
+        row["run"], row["rate"], row["decided"], row["p50_ms"], row["p90_ms"], row["p99_ms"],
+        row["p99.9_ms"], row["max_ms"],
+    ]  # fmt: skip
+
+
+def run(
+    base: Settings,
+    *,
+    embedded: bool = True,
+    rate: float = 2000.0,
+    duration_s: float = 30.0,
+    warmup_s: float = 5.0,
+    customers: int = 2000,
+    out_dir: Path = Path("benchmarks/results"),
+    say: Say = print,
+) -> dict[str, Any]:
+    with environment(base, embedded, say) as env:
+        say(f"open-loop load: {rate:,.0f} tx/s for {warmup_s:.0f} s warm-up + {duration_s:.0f} s")
+        result = run_load(
+            env.settings, rate, duration_s, warmup_s=warmup_s, customers=customers, say=say
+        )
+    row = latency_row(f"{rate:,.0f} tx/s", result)
+    say("")
+    say(table(LATENCY_HEADERS, [latency_cells(row)]))
+    first = row["first_ms"]
+    checks = [
+        ("p99 <= 10 ms", row["p99_ms"] <= TARGET_P99_MS, f"{row['p99_ms']:.1f} ms"),
+        ("p99.9 <= 25 ms", row["p99.9_ms"] <= TARGET_P999_MS, f"{row['p99.9_ms']:.1f} ms"),
+        ("worker ready <= 5 s", env.worker_ready_s <= 5.0, f"{env.worker_ready_s:.1f} s"),
+        (
+            "first transaction <= p99",
+            first is not None and first <= row["p99_ms"],
+            "not decided" if first is None else f"{first:.1f} ms",
+        ),
+    ]
+    say("")
+    for name, ok, value in checks:
+        say(f"  {'met   ' if ok else 'MISSED'} {name}: {value}")
+    say(
+        f"  send -> decided in the worker (ms clock): p50 {result.decided_p50_ms:.0f} ms, "
+        f"p99 {result.decided_p99_ms:.0f} ms; the rest is delivery and read-back"
+    )
+    if result.max_send_lag_s > 0.005:
+        say(f"  note: the sender fell up to {result.max_send_lag_s * 1000:.0f} ms behind schedule")
+    host = machine()
+    data = {
+        "benchmark": "latency",
+        "machine": host,
+        "broker": "embedded noida-db" if embedded else base.brokers,
+        "worker_ready_s": env.worker_ready_s,
+        "result": row,
+        "targets": {name: {"met": ok, "value": value} for name, ok, value in checks},
+        "over_time": result.recorder.over_time(),
+    }
+    out = write_json(out_dir / "latency.json", data)
+    png = plot_latency(
+        out_dir / "latency.png",
+        f"fraud bench latency: {rate:,.0f} tx/s, one worker ({host['date']})",
+        result.recorder,
+        TARGET_P99_MS,
+    )
+    say(f"\nwrote {out} and {png}")
+    return data

@@ -1,0 +1,70 @@
+"""The benchmark building blocks: HDR recording and reports (pure), and a short open-loop load
+through the broker and a worker that checks every transaction is decided and timed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fraud.bench.latency import environment
+from fraud.bench.limits import NaiveFeatures
+from fraud.bench.load import run_load
+from fraud.bench.report import LatencyRecorder, plot_latency, table, write_json
+from fraud.settings import Settings
+
+DAY = 86_400_000
+
+
+def test_recorder_percentiles_match_the_samples() -> None:
+    rec = LatencyRecorder()
+    for i in range(1, 1001):  # 1 .. 1000 ms
+        rec.record(i / 100, i / 1000)
+    s = rec.summary_ms()
+    assert s["p50"] == pytest.approx(500, rel=0.002)
+    assert s["p99"] == pytest.approx(990, rel=0.002)
+    assert s["p99.9"] == pytest.approx(999, rel=0.002)
+    assert s["max"] == pytest.approx(1000, rel=0.002)
+    assert rec.count == 1000
+    per_second = rec.over_time()
+    assert [r["n"] for r in per_second] == [99] + [100] * 9 + [1]
+    assert per_second[0]["max_ms"] == pytest.approx(99)
+
+
+def test_reports_write_table_json_and_png(tmp_path: Path) -> None:
+    rec = LatencyRecorder()
+    for i in range(200):
+        rec.record(i / 50, 0.002 + (i % 10) / 1000)
+    png = plot_latency(tmp_path / "l.png", "test", rec, 10.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = write_json(tmp_path / "l.json", {"p": rec.summary_ms()})
+    assert json.loads(out.read_text())["p"]["max"] == pytest.approx(11, rel=0.01)
+    text = table(["run", "tx/s"], [["a", 1234.5], ["bb", 12]])
+    assert text.splitlines() == ["run   tx/s", "a    1,234", "bb      12"]
+
+
+def test_naive_features_follow_the_definitions() -> None:
+    hist: list[list[int]] = []
+    for t, amount in ((0, 10), (DAY // 2, 30), (2 * DAY, 50)):
+        hist, feats = NaiveFeatures.customer(hist, t, amount)
+    assert feats == [1.0, 50.0, 3.0, 30.0, 3.0, 30.0]
+    times: list[int] = []
+    for t in (0, DAY, 8 * DAY):
+        times, counts = NaiveFeatures.terminal(times, t)
+    # at day 8 the delayed windows end at day 1: (0, 1] holds day 1, (-6, 1] both, (-29, 1] both
+    assert counts == [1.0, 2.0, 2.0]
+
+
+@pytest.mark.integration
+def test_open_loop_load_decides_and_times_every_transaction(settings: Settings) -> None:
+    with environment(settings, embedded=False, say=print) as env:
+        result = run_load(env.settings, 200, 2.0, warmup_s=1.0, customers=50, say=print)
+        batched = run_load(env.settings, 200, 1.0, warmup_s=0.5, customers=50, batch=True)
+    assert result.sent == 600 and result.received == 600
+    assert result.recorder.count == 400  # after the warm-up
+    s = result.recorder.summary_ms()
+    assert 0 < s["p50"] <= s["p99"] <= s["max"] < 10_000
+    assert result.first_s is not None and result.first_s > 0
+    assert sum(result.decided_by_action.values()) == 600
+    assert batched.received == batched.sent == 300

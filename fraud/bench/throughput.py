@@ -176,7 +176,8 @@ def run(
         return f"{engine / limit:.2f}x" if limit else "-"
 
     rows = [
-        ["confluent-kafka passthrough (msg/s)", limits["passthrough"], ratio(limits["passthrough"])],
+        ["confluent-kafka passthrough (msg/s)", limits["passthrough"],
+         ratio(limits["passthrough"])],
         ["bare Faust agent (events/s)", limits["bare_faust"], ratio(limits["bare_faust"])],
         ["naive implementation (tx/s)", limits["naive"], ratio(limits["naive"])],
         [f"engine: replay of {replayed['transactions']:,} (tx/s)", engine, "1.00x"],

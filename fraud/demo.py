@@ -185,6 +185,7 @@ def worker_process(
         "--ready-file", str(ready),
         "--label-wait-ms", str(settings.label_wait_ms),
         *([] if settings.metrics_port is None else ["--metrics-port", str(settings.metrics_port)]),
+        *([] if settings.model_path is None else ["--model", str(settings.model_path)]),
     ]  # fmt: skip
     return managed_process("worker", args, workdir / "worker.log", say, ready, timeout_s)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fraud.bench.latency import environment
+from fraud.bench.latency import BENCH_MODEL, environment
 from fraud.bench.limits import end_offsets, fill, passthrough, run_child
 from fraud.bench.load import run_load, transactions
 from fraud.bench.report import machine, table, write_json
@@ -89,6 +89,8 @@ def measure_limits(
 
 
 def measure_replay(settings: Settings, root: Path, n_target: int, say: Say) -> dict[str, Any]:
+    if settings.model_path is None and BENCH_MODEL.exists():
+        settings = settings.with_overrides(model_path=BENCH_MODEL)
     customers = max(50, round(n_target / 350))  # about 350 transactions per customer in 183 days
     started = time.perf_counter()
     sim = simulate(

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud.features import DAY_MS, WINDOW_DAYS
+from fraud.features import warmup as _warm_features
 from fraud.kernels.customer import (
     COLUMNS,
     EARTH_RADIUS_KM,
@@ -55,12 +56,10 @@ from fraud.kernels.customer import (
     INT64_MIN,
     N_EXTRAS,
     STATE_VERSION,
-    pack_customer_states,
-    unpack_customer_states,
-    update_customers_csr,
+    update_customer_words,
 )
 from fraud.statebytes import LE_I64 as _LE_I64
-from fraud.statebytes import group_events, join_states, split_states
+from fraud.statebytes import group_events, join_states, plain, split_states
 
 __all__ = [
     "DAY_MS",
@@ -351,91 +350,42 @@ def update_customers(
             raise ValueError(f"group index {bad} out of range for {n_groups} states")
     group64 = group.astype(np.int64, copy=False)
 
-    # decode every state at once: states are whole 8-byte words, concatenated
+    # every state at once: states are whole 8-byte words, concatenated
     words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
-    (
-        state_ts,
-        state_amount,
-        state_terminal,
-        state_lat,
-        state_lon,
-        state_offsets,
-        state_max_ts,
-        bad_group,
-    ) = unpack_customer_states(words, words.view(np.float64), word_offsets)
-    if bad_group >= 0:
-        _raise_bad_state(states, bad_group)
-
-    # events as CSR: grouped, arrival order kept inside a group (stable sort)
-    # (numpy's stable sort is a radix sort for 16-bit keys: much faster than on int64)
+    # events grouped, arrival order kept inside a group (stable sort)
     order, event_offsets = group_events(group64, n_groups)
-    windows = np.array(config.window_ms, np.int64)
-    counts = np.empty((n_events, windows.shape[0]), np.int64)
-    sums = np.empty((n_events, windows.shape[0]), np.int64)
+    n_windows = len(config.window_ms)
+    counts = np.empty((n_events, n_windows), np.int64)
+    sums = np.empty((n_events, n_windows), np.int64)
     extras = np.empty((n_events, N_EXTRAS), np.float64)
-    capacity = state_ts.shape[0] + n_events
-    new_ts = np.empty(capacity, np.int64)
-    new_amount = np.empty(capacity, np.int64)
-    new_terminal = np.empty(capacity, np.int64)
-    new_lat = np.empty(capacity, np.float64)
-    new_lon = np.empty(capacity, np.float64)
-    new_offsets = np.empty(n_groups + 1, np.int64)
-    new_max_ts = np.empty(n_groups, np.int64)
-    bad_group = update_customers_csr(
-        state_ts,
-        state_amount,
-        state_terminal,
-        state_lat,
-        state_lon,
-        state_offsets,
-        state_max_ts,
-        ts[order],
-        amount[order],
-        terminal[order],
-        lat[order],
-        lon[order],
-        event_offsets,
+    out_words, out_offsets, bad_group = update_customer_words(
+        words,
+        words.view(np.float64),
+        word_offsets,
+        plain(ts),
+        plain(amount),
+        plain(terminal),
+        plain(lat),
+        plain(lon),
         order,
-        windows,
+        event_offsets,
+        np.array(config.window_ms, np.int64),
         config.terminal_ms,
         config.retain_ms,
         counts,
         sums,
         extras,
-        new_ts,
-        new_amount,
-        new_terminal,
-        new_lat,
-        new_lon,
-        new_offsets,
-        new_max_ts,
     )
-    if bad_group >= 0:  # pragma: no cover - unpack_customer_states already rejects such states
+    if bad_group >= 0:
         _raise_bad_state(states, bad_group)
-
-    out_offsets = np.empty(n_groups + 1, np.int64)
-    out_offsets[0] = 0
-    np.cumsum(HEADER_WORDS + COLUMNS * np.diff(new_offsets), out=out_offsets[1:])
-    out_words = np.empty(int(out_offsets[-1]), np.int64)
-    pack_customer_states(
-        new_ts,
-        new_amount,
-        new_terminal,
-        new_lat,
-        new_lon,
-        new_offsets,
-        new_max_ts,
-        out_words,
-        out_words.view(np.float64),
-        out_offsets,
-    )
     new_states = split_states(out_words, out_offsets)
     return counts, sums, extras, new_states
 
 
 def warmup() -> None:
     """Compile (or load from numba's cache) every kernel, using the same argument types as
-    ``update_customers`` does, so the first real batch does not pay for it."""
+    ``update_customers`` does, so the first real batch does not pay for it; and those of the
+    features the customer stage adds (``fraud.features.time_features``, ``amount_ratios``)."""
     nan = float("nan")
     state = encode_customer_state(
         np.array([0], np.int64),
@@ -455,3 +405,4 @@ def warmup() -> None:
         np.array([2.0, nan, 2.5], np.float64),
     )
     decode_customer_state(new_states[1])
+    _warm_features()

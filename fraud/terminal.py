@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fraud.kernels.features import risk_into
 from fraud.kernels.terminal import (
     HEADER_WORDS,
     INT64_MAX,
@@ -62,12 +63,10 @@ from fraud.kernels.terminal import (
     KIND_LABEL,
     KIND_TX,
     STATE_VERSION,
-    pack_terminal_states,
-    unpack_terminal_states,
-    update_terminals_csr,
+    update_terminal_words,
 )
 from fraud.statebytes import LE_I64 as _LE_I64
-from fraud.statebytes import group_events, join_states, split_states
+from fraud.statebytes import group_events, join_states, plain, split_states
 
 __all__ = [
     "DAY_MS",
@@ -380,91 +379,32 @@ def update_terminals(
             raise ValueError("fraud must be 0 or 1")
     group64 = group.astype(np.int64, copy=False)
 
-    # decode every state at once: states are whole 8-byte words, concatenated
+    # every state at once: states are whole 8-byte words, concatenated
     words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
-    (
-        st_ts,
-        st_hash,
-        st_fraud,
-        st_lt,
-        st_offsets,
-        pd_hash,
-        pd_fraud,
-        pd_lt,
-        pd_offsets,
-        max_ts,
-        bad,
-    ) = unpack_terminal_states(words, word_offsets)
-    if bad >= 0:
-        _raise_bad_state(states, bad)
-
-    # events as CSR: grouped, processing order kept inside a group (stable sort)
+    # events grouped, processing order kept inside a group (stable sort)
     order, event_offsets = group_events(group64, n_groups)
-    windows = np.array(config.window_ms, np.int64)
-    counts = np.empty((n_events, windows.shape[0]), np.int64)
-    frauds = np.empty((n_events, windows.shape[0]), np.int64)
-    n_tx = st_ts.shape[0] + n_events
-    n_pd = pd_hash.shape[0] + n_events
-    new_ts = np.empty(n_tx, np.int64)
-    new_hash = np.empty(n_tx, np.int64)
-    new_fraud = np.empty(n_tx, np.int8)
-    new_lt = np.empty(n_tx, np.int64)
-    new_offsets = np.empty(n_groups + 1, np.int64)
-    new_pd_hash = np.empty(n_pd, np.int64)
-    new_pd_fraud = np.empty(n_pd, np.int8)
-    new_pd_lt = np.empty(n_pd, np.int64)
-    new_pd_offsets = np.empty(n_groups + 1, np.int64)
-    new_max_ts = np.empty(n_groups, np.int64)
-    bad = update_terminals_csr(
-        st_ts,
-        st_hash,
-        st_fraud,
-        st_lt,
-        st_offsets,
-        pd_hash,
-        pd_fraud,
-        pd_lt,
-        pd_offsets,
-        max_ts,
-        kind[order].astype(np.int8),
-        ts[order],
-        tx_hash[order],
-        fraud[order].astype(np.int8),
-        event_offsets,
+    n_windows = len(config.window_ms)
+    counts = np.empty((n_events, n_windows), np.int64)
+    frauds = np.empty((n_events, n_windows), np.int64)
+    out_words, out_offsets, bad = update_terminal_words(
+        words,
+        word_offsets,
+        plain(kind.astype(np.int8, copy=False)),
+        plain(ts),
+        plain(tx_hash),
+        plain(fraud.astype(np.int8, copy=False)),
         order,
-        windows,
+        event_offsets,
+        np.array(config.window_ms, np.int64),
         config.delay_ms,
         config.retain_ms,
         config.max_pending,
         counts,
         frauds,
-        new_ts,
-        new_hash,
-        new_fraud,
-        new_lt,
-        new_offsets,
-        new_pd_hash,
-        new_pd_fraud,
-        new_pd_lt,
-        new_pd_offsets,
-        new_max_ts,
     )
     if bad >= 0:
         _raise_bad_state(states, bad)
 
-    out_words, out_offsets = pack_terminal_states(
-        new_ts,
-        new_hash,
-        new_fraud,
-        new_lt,
-        new_offsets,
-        new_pd_hash,
-        new_pd_fraud,
-        new_pd_lt,
-        new_pd_offsets,
-        new_max_ts,
-    )
-    # one copy per state, straight from the words (no intermediate bytes of the whole batch)
     new_states = split_states(out_words, out_offsets)
     return counts, frauds, new_states
 
@@ -475,6 +415,10 @@ def risk(counts: I64, frauds: I64) -> F64:
     frauds = np.asarray(frauds)
     if counts.shape != frauds.shape:
         raise ValueError(f"counts and frauds differ in shape: {counts.shape} != {frauds.shape}")
+    if counts.dtype == frauds.dtype == np.int64:
+        flat = np.empty(counts.size, np.float64)
+        risk_into(plain(counts).reshape(-1), plain(frauds).reshape(-1), flat)
+        return flat.reshape(counts.shape)
     out = np.zeros(counts.shape, np.float64)
     np.divide(frauds, counts, out=out, where=counts > 0)
     return out
@@ -489,7 +433,7 @@ def tx_hash(transaction_id: str) -> int:
 
 def warmup() -> None:
     """Compile (or load from numba's cache) every kernel, using the same argument types as
-    ``update_terminals`` does, so the first real batch does not pay for it."""
+    ``update_terminals`` and ``risk`` do, so the first real batch does not pay for it."""
     state = encode_terminal_state(
         TerminalState(
             ts=np.array([0], np.int64),
@@ -511,3 +455,4 @@ def warmup() -> None:
         np.array([1, 0, 0, 0], np.int64),
     )
     decode_terminal_state(new_states[1])
+    risk(np.ones((1, 1), np.int64), np.zeros((1, 1), np.int64))

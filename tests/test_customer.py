@@ -19,7 +19,8 @@ from fraud.customer import (
     update_customers,
     warmup,
 )
-from fraud.kernels.customer import INT64_MIN, update_customers_csr
+from fraud.features import amount_ratios, time_features
+from fraud.kernels.customer import INT64_MIN, update_customer_words
 from fraud.reference.customer import haversine_km, reference_customers
 
 I64 = npt.NDArray[np.int64]
@@ -401,45 +402,55 @@ def test_results_come_back_in_the_callers_order() -> None:
     assert extras[:, 1].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
 
 
-def test_kernel_can_write_in_csr_order() -> None:
-    # two groups, no state; out_row = arange keeps the CSR order
+def test_kernel_reads_and_writes_state_words() -> None:
+    # two groups without state; order = arange: the caller's order is already grouped
     counts = np.empty((3, 1), np.int64)
     sums = np.empty((3, 1), np.int64)
     extras = np.empty((3, 3), np.float64)
-    new_ts, new_amount, new_terminal = (np.empty(3, np.int64) for _ in range(3))
-    new_lat, new_lon = np.empty(3, np.float64), np.empty(3, np.float64)
-    new_offsets = np.empty(3, np.int64)
-    new_max_ts = np.empty(2, np.int64)
-    no_i, no_f = np.empty(0, np.int64), np.empty(0, np.float64)
-    status = update_customers_csr(
-        no_i, no_i, no_i, no_f, no_f,
+    no_words = np.empty(0, np.int64)
+    new_words, new_offsets, status = update_customer_words(
+        no_words,
+        no_words.view(np.float64),
         i64([0, 0, 0]),
-        i64([INT64_MIN, INT64_MIN]),
         i64([5, 3, 9]),
         i64([1, 2, 4]),
         i64([TA, TB, TA]),
         f64([1.0, 2.0, 3.0]),
         f64([NAN, 5.0, 6.0]),
-        i64([0, 2, 3]),
         i64([0, 1, 2]),
+        i64([0, 2, 3]),
         i64([10]),
         10,
         10,
-        counts, sums, extras,
-        new_ts, new_amount, new_terminal, new_lat, new_lon, new_offsets, new_max_ts,
-    )  # fmt: skip
+        counts,
+        sums,
+        extras,
+    )
     assert status == -1
     # the event at 3 arrived after the one at 5, which is after it: each sees only itself
     assert counts[:, 0].tolist() == [1, 1, 1]
     assert sums[:, 0].tolist() == [1, 2, 4]
     assert np.isnan(extras[:, 0]).all()
     assert extras[:, 1].tolist() == [1.0, 1.0, 1.0]
-    assert new_offsets.tolist() == [0, 2, 3]
-    assert new_ts.tolist() == [3, 5, 9]
-    assert new_amount.tolist() == [2, 1, 4]
-    assert new_terminal.tolist() == [TB, TA, TA]
-    assert new_lat.tolist() == [2.0, 1.0, 3.0]
-    assert new_max_ts.tolist() == [5, 9]
+    assert new_offsets.tolist() == [0, 2 + 5 * 2, 2 * 2 + 5 * 3]
+    data = new_words.astype("<i8").tobytes()
+    ts, amount, terminal, lat, lon, max_ts = decode_customer_state(data[: 8 * new_offsets[1]])
+    assert ts.tolist() == [3, 5]
+    assert amount.tolist() == [2, 1]
+    assert terminal.tolist() == [TB, TA]
+    assert lat.tolist() == [2.0, 1.0]
+    assert lon[0] == 5.0 and np.isnan(lon[1])
+    assert max_ts == 5
+    assert decode_customer_state(data[8 * new_offsets[1] :])[0].tolist() == [9]
+
+    # the state words go back in, here with a malformed second state: its group is reported
+    words = new_words.copy()
+    words[new_offsets[1]] |= 0xFF00  # header padding
+    _, _, status = update_customer_words(
+        words, words.view(np.float64), new_offsets, i64([]), i64([]), i64([]), f64([]), f64([]),
+        i64([]), i64([0, 0, 0]), i64([10]), 10, 10, counts[:0], sums[:0], extras[:0],
+    )  # fmt: skip
+    assert status == 1
 
 
 def test_many_groups_and_empty_batch() -> None:
@@ -570,6 +581,58 @@ def test_corrupt_state_raises(kind: str) -> None:
     # the batch path rejects it too, naming the state
     with pytest.raises(ValueError, match=rf"states\[1\]: .*{message}"):
         update_customers([None, data], i64([0]), i64([5]), i64([1]), i64([7]), f64([1]), f64([1]))
+
+
+@pytest.mark.parametrize(
+    ("kinds", "named"),
+    [
+        (("latitude", "unsorted"), 0),
+        (("unsorted", "version"), 1),  # every header is checked before any content
+        (("trailing", "cut byte"), 1),  # and sizes (in Python) before any header
+        (("good", "max_ts", "padding", "longitude"), 2),
+    ],
+)
+def test_the_first_state_failing_the_earliest_check_is_named(
+    kinds: tuple[str, ...], named: int
+) -> None:
+    states = [_good_state() if k == "good" else CORRUPTIONS[k][0](_good_state()) for k in kinds]
+    message = CORRUPTIONS[kinds[named]][1]
+    with pytest.raises(ValueError, match=rf"states\[{named}\]: .*{message}"):
+        update_customers(states, i64([0]), i64([5]), i64([1]), i64([7]), f64([1]), f64([1]))
+
+
+def test_bytearray_states_are_read_like_bytes() -> None:
+    args = (i64([0, 1, 2]), i64([5, 6, 7]), i64([1, 2, 3]), i64([7, 7, 7]), f64([1] * 3))
+    expected = update_customers([_good_state(), None, _good_state()], *args, f64([1] * 3))
+    got = update_customers([bytearray(_good_state()), None, _good_state()], *args, f64([1] * 3))
+    for a, b in zip(expected[:3], got[:3], strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert got[3] == expected[3]
+    with pytest.raises(ValueError, match=r"states\[1\]: state must be bytes"):
+        update_customers([bytearray(_good_state()), memoryview(_good_state()), None], *args,
+                         f64([1] * 3))  # fmt: skip
+
+
+def test_time_features_and_ratios_match_numpy() -> None:
+    rng = np.random.default_rng(3)
+    ts = np.concatenate([rng.integers(-(10**13), 10**13, 500), i64([0, -1, DAY_MS - 1])])
+    offset = rng.integers(-840, 841, ts.shape[0])
+    local = ts + offset * 60_000
+    days = np.floor_divide(local, DAY_MS)
+    expected = np.column_stack(
+        [(days + 3) % 7 >= 5, np.floor_divide(local - days * DAY_MS, 3_600_000) <= 6]
+    ).astype(np.float64)
+    assert time_features(ts, offset).tobytes() == expected.tobytes()
+    assert time_features(ts[::2], offset[::2]).tobytes() == expected[::2].tobytes()
+    amount = rng.normal(size=500)
+    averages = rng.normal(size=(500, 3))
+    averages[rng.random(averages.shape) < 0.2] = 0.0
+    averages[rng.random(averages.shape) < 0.1] = -0.0
+    averages[rng.random(averages.shape) < 0.1] = np.nan
+    ratios = np.zeros_like(averages)
+    np.divide(amount[:, None], averages, out=ratios, where=averages != 0)
+    assert amount_ratios(amount, averages).tobytes() == ratios.tobytes()
+    assert amount_ratios(amount[::2], averages[::2]).tobytes() == ratios[::2].tobytes()
 
 
 def test_encode_rejects_bad_input() -> None:

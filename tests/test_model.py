@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fraud.kernels.model import score_trees
 from fraud.model import (
     ModelTable,
     ModelTableError,
@@ -26,6 +27,7 @@ from fraud.model import (
     load_model_table,
     save_model_table,
     score,
+    scoring,
     top_reasons,
     warmup,
 )
@@ -241,6 +243,125 @@ def test_trees_hand_computed_paths_and_contributions() -> None:
         ],
         atol=1e-15,
     )
+
+
+def random_trees(seed: int, n_trees: int, max_depth: int, n_features: int = 4) -> ModelTable:
+    """Random trees (unbalanced; some single leaves) whose thresholds come from a small grid, so
+    that feature values can equal them."""
+    rng = np.random.default_rng(seed)
+    feature: list[int] = []
+    threshold: list[float] = []
+    missing_left: list[bool] = []
+    left: list[int] = []
+    right: list[int] = []
+    value: list[float] = []
+    cover: list[float] = []
+    offsets = [0]
+
+    def grow(depth: int) -> int:
+        node = len(feature)
+        feature.append(-1)
+        threshold.append(0.0)
+        missing_left.append(False)
+        left.append(-1)
+        right.append(-1)
+        value.append(0.0)
+        cover.append(float(rng.integers(1, 50)))
+        if depth < max_depth and rng.random() < 0.8:
+            feature[node] = int(rng.integers(n_features))
+            threshold[node] = float(rng.choice([-1.0, 0.0, 0.5, 1.0, np.inf]))
+            missing_left[node] = bool(rng.random() < 0.5)
+            left[node] = grow(depth + 1)
+            right[node] = grow(depth + 1)
+            cover[node] = cover[left[node]] + cover[right[node]]
+        else:
+            value[node] = float(rng.normal())
+        return node
+
+    for _ in range(n_trees):
+        grow(0)
+        offsets.append(len(feature))
+    mean = np.array(value)
+    for node in range(len(feature) - 1, -1, -1):  # children after parents: bottom-up
+        if feature[node] >= 0:
+            cl, cr = cover[left[node]], cover[right[node]]
+            mean[node] = (cl * mean[left[node]] + cr * mean[right[node]]) / (cl + cr)
+    return ModelTable(
+        kind="trees",
+        feature_names=tuple(f"f{j}" for j in range(n_features)),
+        scalars={"init": float(rng.normal())},
+        arrays={
+            "feature": np.array(feature),
+            "threshold": np.array(threshold),
+            "missing_left": np.array(missing_left),
+            "left": np.array(left),
+            "right": np.array(right),
+            "value": np.array(value),
+            "cover": np.array(cover),
+            "mean_value": mean,
+            "tree_offsets": np.array(offsets),
+        },
+    )
+
+
+def walk_trees(table: ModelTable, x: F64) -> tuple[F64, F64]:
+    """``score_trees``, the kernel that walks each row down each tree as stored."""
+    a = table.arrays
+    out_score = np.empty(x.shape[0])
+    out_contrib = np.empty(x.shape)
+    score_trees(
+        np.ascontiguousarray(x), a["feature"], a["threshold"], a["missing_left"], a["left"],
+        a["right"], a["value"], a["mean_value"], a["tree_offsets"], table.scalars["init"],
+        out_score, out_contrib,
+    )  # fmt: skip
+    return out_score, out_contrib
+
+
+def grid_rows(seed: int, n: int, n_features: int) -> F64:
+    """Values on the thresholds' grid (ties), between them, NaN and infinities."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([-1.0, 0.0, 0.5, 1.0, -0.5, 0.25, 2.0, np.nan, np.inf, -np.inf, -0.0])
+    x: F64 = rng.choice(grid, size=(n, n_features))
+    return x
+
+
+@pytest.mark.parametrize("max_depth", [0, 1, 3, scoring.MAX_BLOCKED_DEPTH])
+def test_blocked_tree_kernel_is_bit_for_bit_the_walking_one(max_depth: int) -> None:
+    table = random_trees(max_depth, n_trees=30, max_depth=max_depth)
+    assert scoring._blocked_layout(table) is not None
+    for n in (0, 1, 127, 128, 129, 300):  # around the block size
+        x = grid_rows(n, n, table.n_features)
+        scores, contrib = score(table, x)
+        expected_scores, expected_contrib = walk_trees(table, x)
+        assert scores.tobytes() == expected_scores.tobytes()
+        assert contrib.tobytes() == expected_contrib.tobytes()
+    expected = reference_score(table, x.tolist())
+    np.testing.assert_allclose(scores, [s for s, _, _ in expected], rtol=0, atol=1e-12)
+
+
+def test_blocked_tree_kernel_on_exported_trees(trees: ModelTable) -> None:
+    x, _ = synthetic(4, 1000)
+    x[np.random.default_rng(5).random(x.shape) < 0.1] = np.nan
+    # one row per split node with the node's feature exactly at its threshold
+    a = trees.arrays
+    split = np.flatnonzero(a["feature"] >= 0)
+    x[np.arange(split.size), a["feature"][split]] = a["threshold"][split]
+    scores, contrib = score(trees, x)
+    expected_scores, expected_contrib = walk_trees(trees, x)
+    assert scores.tobytes() == expected_scores.tobytes()
+    assert contrib.tobytes() == expected_contrib.tobytes()
+
+
+def test_deep_trees_are_walked() -> None:
+    table = random_trees(7, n_trees=20, max_depth=scoring.MAX_BLOCKED_DEPTH + 3)
+    if scoring._blocked_layout(table) is not None:  # pragma: no cover - depends on the seed
+        pytest.fail("expected a tree deeper than MAX_BLOCKED_DEPTH")
+    x = grid_rows(8, 200, table.n_features)
+    scores, contrib = score(table, x)
+    expected = reference_score(table, x.tolist())
+    np.testing.assert_allclose(scores, [s for s, _, _ in expected], rtol=0, atol=1e-12)
+    ref_contrib = [[c[name] for name in table.feature_names] for _, _, c in expected]
+    np.testing.assert_allclose(contrib, ref_contrib, rtol=0, atol=1e-12)
 
 
 # File format

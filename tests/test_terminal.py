@@ -591,6 +591,26 @@ def test_corrupt_state_raises(kind: str) -> None:
         update_terminals([None, data], i64([0]), i64([0]), i64([5]), i64([1]), i64([0]))
 
 
+@pytest.mark.parametrize(
+    ("kinds", "named"),
+    [
+        (("conflict", "fraud flag"), 1),  # contents of all states before label consistency
+        (("fraud flag", "conflict"), 0),
+        (("conflict", "pending twice"), 0),
+        (("conflict", "unsorted", "version"), 2),  # headers of all states before contents
+        (("good", "pending is a tx", "good"), 1),
+    ],
+)
+def test_the_first_state_failing_the_earliest_check_is_named(
+    kinds: tuple[str, ...], named: int
+) -> None:
+    good = encode_terminal_state(_good_state())
+    states = [good if k == "good" else CORRUPTIONS[k][0](good) for k in kinds]
+    message = CORRUPTIONS[kinds[named]][1]
+    with pytest.raises(ValueError, match=rf"states\[{named}\]: .*{message}"):
+        update_terminals(states, i64([0]), i64([0]), i64([5]), i64([1]), i64([0]))
+
+
 def test_encode_rejects_bad_states() -> None:
     good = _good_state()
     with pytest.raises(ValueError, match="ascending"):
@@ -620,6 +640,14 @@ def test_tx_hash_is_stable() -> None:
 def test_risk() -> None:
     r = risk(i64([0, 4, 3]), i64([0, 1, 3]))
     assert r.tolist() == [0.0, 0.25, 1.0]
+    rng = np.random.default_rng(0)
+    counts = rng.integers(-1, 30, (200, 3))
+    frauds = rng.integers(0, 30, (200, 3))
+    expected = np.zeros((200, 3))
+    np.divide(frauds, counts, out=expected, where=counts > 0)
+    assert risk(counts, frauds).tobytes() == expected.tobytes()
+    assert risk(counts[:, ::2], frauds[:, ::2]).tobytes() == expected[:, ::2].tobytes()
+    assert risk(counts.astype(np.int32), frauds).tobytes() == expected.tobytes()
     with pytest.raises(ValueError, match="differ in shape"):
         risk(i64([1]), i64([1, 2]))
 

@@ -16,29 +16,26 @@ customer's earlier-arrived events plus the event itself:
   event, when either location is unknown (a NaN latitude or longitude) or when the two are at the
   same ms; 0.0 for the same place at a later time.
 
-Batch layout (CSR, G customer groups in one micro-batch), all arrays C-contiguous:
+Batch layout (G customer groups in one micro-batch), all arrays C-contiguous:
 
-* state: ``state_ts`` (int64, ascending inside each group, ties in arrival order),
-  ``state_amount`` / ``state_terminal`` (int64) and ``state_lat`` / ``state_lon`` (float64)
-  aligned; group ``g`` owns ``[state_offsets[g], state_offsets[g + 1])``; ``state_max_ts[g]`` is
-  the largest event time ever seen for the group (``INT64_MIN`` when none).
-* events: ``ev_*`` sorted by group, arrival order kept inside a group; group ``g`` owns
-  ``[event_offsets[g], event_offsets[g + 1])``; ``out_row[k]`` is the output row of the event at
-  CSR position ``k`` (the stable argsort permutation gives the caller's order).
+* states: the state bytes of the G groups concatenated as int64 words (layout below), group
+  ``g`` owning ``words[word_offsets[g]:word_offsets[g + 1]]``, no words for a new customer;
+* events: ``ev_*`` in the caller's order, plus ``order``, the events grouped (arrival order kept
+  inside a group): group ``g`` owns ``order[event_offsets[g]:event_offsets[g + 1]]``.
 
-Per group the kernel copies the state into the output state region and inserts each event at its
-sorted position, after equal times (usually an append). Entries before that position are exactly
-the earlier arrivals with time ``<= t``: the previous event is the one just before it, the window
-bounds are binary searches over a running prefix sum of the amounts, and the terminal check scans
-the 30-day window backwards from the previous event, stopping at the first match. Eviction after
-the group's events keeps only entries with ``ts > max_ts - retain_ms`` (``max_ts`` the group's
-largest event time ever seen, kept even when its event is evicted).
+Per group the kernel decodes (and checks) the state into scratch arrays and inserts each event at
+its sorted position, after equal times (usually an append). Entries before that position are
+exactly the earlier arrivals with time ``<= t``: the previous event is the one just before it, the
+window bounds are binary searches over a running prefix sum of the amounts, and the terminal check
+scans the 30-day window backwards from the previous event, stopping at the first match. Eviction
+after the group's events keeps only entries with ``ts > max_ts - retain_ms`` (``max_ts`` the
+group's largest event time ever seen, kept even when its event is evicted), written straight into
+the new state words: one pass over the batch, from state words to state words.
 
 State bytes (one customer, see ``fraud.customer.encode_customer_state``): little-endian 8-byte
 words. Word 0 = version ``STATE_VERSION`` (byte 0), three zero bytes, event count ``n`` (uint32,
 bytes 4-7); word 1 = max_ts; then ``n`` event times, ``n`` amounts, ``n`` terminal hashes (int64),
-``n`` latitudes, ``n`` longitudes (float64 bit patterns). ``unpack_customer_states`` and
-``pack_customer_states`` convert many of them at once from/to the CSR arrays.
+``n`` latitudes, ``n`` longitudes (float64 bit patterns).
 """
 
 from __future__ import annotations
@@ -87,231 +84,159 @@ def _bad_coordinates(lat: float, lon: float) -> bool:
 
 
 @njit_cached
-def unpack_customer_states(
-    words: I64, fwords: F64, word_offsets: I64
-) -> tuple[I64, I64, I64, F64, F64, I64, I64, int]:
-    """Decode the concatenated state words of G groups into CSR state arrays.
-
-    ``fwords`` is ``words`` viewed as float64 (same buffer). Group ``g`` owns
-    ``words[word_offsets[g]:word_offsets[g + 1]]``; zero words means "no state" (empty, max_ts =
-    INT64_MIN). Returns ``(ts, amount, terminal, lat, lon, offsets, max_ts, bad)`` where ``bad``
-    is -1, or the first group whose words are malformed (bad version or padding, wrong length,
-    times not ascending, a time above max_ts, a coordinate out of range); the arrays are then
-    empty.
-    """
-    n_groups = word_offsets.shape[0] - 1
-    offsets = np.zeros(n_groups + 1, np.int64)
-    max_ts = np.empty(n_groups, np.int64)
-    empty = np.empty(0, np.int64)
-    fempty = np.empty(0, np.float64)
-    total = 0
-    for g in range(n_groups):
-        a = word_offsets[g]
-        n_words = word_offsets[g + 1] - a
-        n = 0
-        if n_words > 0:
-            if n_words < HEADER_WORDS:
-                return empty, empty, empty, fempty, fempty, empty, empty, g
-            w0 = words[a]
-            n = (w0 >> 32) & _U32_MASK
-            if (w0 & 0xFF) != STATE_VERSION or ((w0 >> 8) & _PAD_MASK) != 0:
-                return empty, empty, empty, fempty, fempty, empty, empty, g
-            if n_words != HEADER_WORDS + COLUMNS * n:
-                return empty, empty, empty, fempty, fempty, empty, empty, g
-        total += n
-        offsets[g + 1] = total
-    ts = np.empty(total, np.int64)
-    amount = np.empty(total, np.int64)
-    terminal = np.empty(total, np.int64)
-    lat = np.empty(total, np.float64)
-    lon = np.empty(total, np.float64)
-    for g in range(n_groups):
-        a = word_offsets[g]
-        if word_offsets[g + 1] == a:
-            max_ts[g] = INT64_MIN
-            continue
-        mx = words[a + 1]
-        max_ts[g] = mx
-        o = offsets[g]
-        n = offsets[g + 1] - o
-        src = a + HEADER_WORDS
-        prev = INT64_MIN
-        for i in range(n):
-            t = words[src + i]
-            if t < prev:
-                return empty, empty, empty, fempty, fempty, empty, empty, g
-            prev = t
-            la = fwords[src + 3 * n + i]
-            lo = fwords[src + 4 * n + i]
-            if _bad_coordinates(la, lo):
-                return empty, empty, empty, fempty, fempty, empty, empty, g
-            ts[o + i] = t
-            amount[o + i] = words[src + n + i]
-            terminal[o + i] = words[src + 2 * n + i]
-            lat[o + i] = la
-            lon[o + i] = lo
-        if n > 0 and prev > mx:
-            return empty, empty, empty, fempty, fempty, empty, empty, g
-    return ts, amount, terminal, lat, lon, offsets, max_ts, -1
+def _bad_header(w0: int, n_words: int) -> bool:
+    """A non-empty state whose first word or length is not that of a version 2 state."""
+    if n_words < HEADER_WORDS:
+        return True
+    n = (w0 >> 32) & _U32_MASK
+    if (w0 & 0xFF) != STATE_VERSION or ((w0 >> 8) & _PAD_MASK) != 0:
+        return True
+    return bool(n_words != HEADER_WORDS + COLUMNS * n)
 
 
 @njit_cached
-def pack_customer_states(
-    ts: I64,
-    amount: I64,
-    terminal: I64,
-    lat: F64,
-    lon: F64,
-    offsets: I64,
-    max_ts: I64,
+def update_customer_words(
     words: I64,
     fwords: F64,
     word_offsets: I64,
-) -> None:
-    """Encode CSR state arrays into ``words`` (``fwords`` its float64 view), the inverse of
-    ``unpack_customer_states``.
-
-    The caller sizes ``words`` and fills ``word_offsets`` (len G + 1) with the running sum of
-    ``HEADER_WORDS + COLUMNS * n_g``; every group gets a header, so an empty group comes back as
-    an explicit empty state carrying its max_ts. Counts must fit in uint32.
-    """
-    n_groups = max_ts.shape[0]
-    for g in range(n_groups):
-        a = word_offsets[g]
-        o = offsets[g]
-        n = offsets[g + 1] - o
-        words[a] = STATE_VERSION | (n << 32)
-        words[a + 1] = max_ts[g]
-        dst = a + HEADER_WORDS
-        for i in range(n):
-            words[dst + i] = ts[o + i]
-            words[dst + n + i] = amount[o + i]
-            words[dst + 2 * n + i] = terminal[o + i]
-            fwords[dst + 3 * n + i] = lat[o + i]
-            fwords[dst + 4 * n + i] = lon[o + i]
-
-
-@njit_cached
-def update_customers_csr(
-    state_ts: I64,
-    state_amount: I64,
-    state_terminal: I64,
-    state_lat: F64,
-    state_lon: F64,
-    state_offsets: I64,
-    state_max_ts: I64,
     ev_ts: I64,
     ev_amount: I64,
     ev_terminal: I64,
     ev_lat: F64,
     ev_lon: F64,
+    order: I64,
     event_offsets: I64,
-    out_row: I64,
     window_ms: I64,
     terminal_ms: int,
     retain_ms: int,
     out_count: I64,
     out_sum: I64,
     out_extra: F64,
-    new_ts: I64,
-    new_amount: I64,
-    new_terminal: I64,
-    new_lat: F64,
-    new_lon: F64,
-    new_offsets: I64,
-    new_max_ts: I64,
-) -> int:
-    """Merge each group's events into its state, write the features and the evicted states.
+) -> tuple[I64, I64, int]:
+    """Merge each group's events into its state words; write the features and the new states.
 
-    Outputs (preallocated by the caller):
+    Input states: group ``g`` owns ``words[word_offsets[g]:word_offsets[g + 1]]`` (``fwords`` is
+    the same buffer as float64); zero words means "no state" (empty, max_ts = INT64_MIN). Events
+    ``ev_*`` are in the caller's order; ``order`` lists them grouped (the CSR positions: group
+    ``g`` owns ``order[event_offsets[g]:event_offsets[g + 1]]``, arrival order kept inside a
+    group) and event ``order[k]`` writes row ``order[k]`` of ``out_count`` / ``out_sum`` (shape
+    ``(n_events, W)``) and ``out_extra`` (``(n_events, 3)``: seconds_since_prev_tx,
+    first_use_of_terminal, geo_velocity_kmh).
 
-    * ``out_count`` / ``out_sum``: shape ``(n_events, W)``; ``out_extra``: shape
-      ``(n_events, 3)`` (seconds_since_prev_tx, first_use_of_terminal, geo_velocity_kmh). The
-      event at CSR position ``k`` is written to row ``out_row[k]``.
-    * ``new_*``: capacity at least ``len(state_ts) + len(ev_ts)``; group ``g``'s new state is
-      ``[new_offsets[g], new_offsets[g + 1])`` (len G + 1), ``new_max_ts[g]`` (len G).
+    Returns ``(new_words, new_offsets, bad)``: group ``g``'s evicted new state is
+    ``new_words[new_offsets[g]:new_offsets[g + 1]]`` (every group gets one, an empty group an
+    explicit empty state carrying its max_ts; counts must fit in uint32), and ``bad`` is -1, or
+    the first group whose words are malformed (bad version or padding, wrong length, first
+    checked for all groups; then times not ascending, a time above max_ts, a coordinate out of
+    range); the outputs are then incomplete.
 
-    ``window_ms`` entries and ``terminal_ms`` must be > 0, ``retain_ms`` > 0. Returns -1, or the
-    first group whose state is invalid (times not ascending, or above its max_ts); outputs are
-    then incomplete.
+    ``window_ms`` entries and ``terminal_ms`` must be > 0, ``retain_ms`` > 0.
     """
-    n_groups = state_offsets.shape[0] - 1
+    n_groups = word_offsets.shape[0] - 1
     n_windows = window_ms.shape[0]
+    new_offsets = np.empty(n_groups + 1, np.int64)
+    new_offsets[0] = 0
+    empty = np.empty(0, np.int64)
 
-    capacity = 0
+    capacity = 0  # of the scratch state: the longest state plus its events
+    n_out = words.shape[0] + COLUMNS * ev_ts.shape[0]  # every group's words, at most
     for g in range(n_groups):
-        size = (state_offsets[g + 1] - state_offsets[g]) + (event_offsets[g + 1] - event_offsets[g])
-        capacity = max(capacity, size)
+        a = word_offsets[g]
+        n_words = word_offsets[g + 1] - a
+        n = 0
+        if n_words > 0:
+            if _bad_header(words[a], n_words):
+                return empty, new_offsets, g
+            n = (words[a] >> 32) & _U32_MASK
+        else:
+            n_out += HEADER_WORDS
+        capacity = max(capacity, n + event_offsets[g + 1] - event_offsets[g])
+    new_words = np.empty(n_out, np.int64)
+    new_fwords = new_words.view(np.float64)
+    # one group's merged events, sorted by time (ties in arrival order)
+    s_ts = np.empty(capacity, np.int64)
+    s_amount = np.empty(capacity, np.int64)
+    s_terminal = np.empty(capacity, np.int64)
+    s_lat = np.empty(capacity, np.float64)
+    s_lon = np.empty(capacity, np.float64)
     # prefix[j] = sum of the first j amounts of the group's merged, sorted events
     prefix = np.empty(capacity + 1, np.int64)
 
     cursor = 0
-    new_offsets[0] = 0
     for g in range(n_groups):
-        base = cursor
-        mx = state_max_ts[g]
+        start = word_offsets[g]
+        mx = INT64_MIN
         n = 0
         prefix[0] = 0
-        for i in range(state_offsets[g], state_offsets[g + 1]):
-            t = state_ts[i]
-            if n > 0 and t < new_ts[base + n - 1]:
-                return g
-            new_ts[base + n] = t
-            new_amount[base + n] = state_amount[i]
-            new_terminal[base + n] = state_terminal[i]
-            new_lat[base + n] = state_lat[i]
-            new_lon[base + n] = state_lon[i]
-            prefix[n + 1] = prefix[n] + state_amount[i]
-            n += 1
-        if n > 0 and new_ts[base + n - 1] > mx:
-            return g
+        if word_offsets[g + 1] > start:
+            mx = words[start + 1]
+            n_state = (words[start] >> 32) & _U32_MASK
+            src = start + HEADER_WORDS
+            for i in range(n_state):
+                t = words[src + i]
+                if n > 0 and t < s_ts[n - 1]:
+                    return empty, new_offsets, g
+                st_lat = fwords[src + 3 * n_state + i]
+                st_lon = fwords[src + 4 * n_state + i]
+                if _bad_coordinates(st_lat, st_lon):
+                    return empty, new_offsets, g
+                st_amount = words[src + n_state + i]
+                s_ts[n] = t
+                s_amount[n] = st_amount
+                s_terminal[n] = words[src + 2 * n_state + i]
+                s_lat[n] = st_lat
+                s_lon[n] = st_lon
+                prefix[n + 1] = prefix[n] + st_amount
+                n += 1
+            if n > 0 and s_ts[n - 1] > mx:
+                return empty, new_offsets, g
 
         for k in range(event_offsets[g], event_offsets[g + 1]):
-            t = ev_ts[k]
-            a = ev_amount[k]
-            term = ev_terminal[k]
-            la = ev_lat[k]
-            lo_ = ev_lon[k]
-            if n == 0 or new_ts[base + n - 1] <= t:
+            row = order[k]
+            t = ev_ts[row]
+            amount = ev_amount[row]
+            term = ev_terminal[row]
+            la = ev_lat[row]
+            lo_ = ev_lon[row]
+            if n == 0 or s_ts[n - 1] <= t:
                 pos = n  # usual case: append
             else:
                 lo = 0
                 hi = n
                 while lo < hi:  # first index whose time is > t
                     mid = (lo + hi) >> 1
-                    if new_ts[base + mid] <= t:
+                    if s_ts[mid] <= t:
                         lo = mid + 1
                     else:
                         hi = mid
                 pos = lo
                 for j in range(n, pos, -1):
-                    new_ts[base + j] = new_ts[base + j - 1]
-                    new_amount[base + j] = new_amount[base + j - 1]
-                    new_terminal[base + j] = new_terminal[base + j - 1]
-                    new_lat[base + j] = new_lat[base + j - 1]
-                    new_lon[base + j] = new_lon[base + j - 1]
-                    prefix[j + 1] = prefix[j] + a
-            new_ts[base + pos] = t
-            new_amount[base + pos] = a
-            new_terminal[base + pos] = term
-            new_lat[base + pos] = la
-            new_lon[base + pos] = lo_
-            prefix[pos + 1] = prefix[pos] + a
+                    s_ts[j] = s_ts[j - 1]
+                    s_amount[j] = s_amount[j - 1]
+                    s_terminal[j] = s_terminal[j - 1]
+                    s_lat[j] = s_lat[j - 1]
+                    s_lon[j] = s_lon[j - 1]
+                    prefix[j + 1] = prefix[j] + amount
+            s_ts[pos] = t
+            s_amount[pos] = amount
+            s_terminal[pos] = term
+            s_lat[pos] = la
+            s_lon[pos] = lo_
+            prefix[pos + 1] = prefix[pos] + amount
             n += 1
             mx = max(mx, t)
 
             # entries [0, pos) are the earlier arrivals with time <= t; after pos, times are > t
-            row = out_row[k]
             end = pos + 1
             for w in range(n_windows):
                 width = window_ms[w]
                 lo = 0
                 if t >= INT64_MIN + width:  # else t - width underflows: no lower bound
                     lower = t - width
-                    hi = pos  # new_ts[base + pos] == t > lower
+                    hi = pos  # s_ts[pos] == t > lower
                     while lo < hi:  # first index whose time is > lower
                         mid = (lo + hi) >> 1
-                        if new_ts[base + mid] <= lower:
+                        if s_ts[mid] <= lower:
                             lo = mid + 1
                         else:
                             hi = mid
@@ -322,11 +247,11 @@ def update_customers_csr(
                 out_extra[row, 0] = np.nan
                 out_extra[row, 2] = np.nan
             else:
-                p = base + pos - 1  # the previous event: last arrival at the largest time <= t
-                dt = t - new_ts[p]
+                p = pos - 1  # the previous event: last arrival at the largest time <= t
+                dt = t - s_ts[p]
                 out_extra[row, 0] = dt / 1000.0
-                p_lat = new_lat[p]
-                p_lon = new_lon[p]
+                p_lat = s_lat[p]
+                p_lon = s_lon[p]
                 if (
                     dt == 0
                     or math.isnan(p_lat)
@@ -342,10 +267,10 @@ def update_customers_csr(
             first_use = 1.0
             has_lower = t >= INT64_MIN + terminal_ms
             lower = t - terminal_ms if has_lower else INT64_MIN
-            for j in range(base + pos - 1, base - 1, -1):
-                if has_lower and new_ts[j] <= lower:
+            for j in range(pos - 1, -1, -1):
+                if has_lower and s_ts[j] <= lower:
                     break
-                if new_terminal[j] == term:
+                if s_terminal[j] == term:
                     first_use = 0.0
                     break
             out_extra[row, 1] = first_use
@@ -356,19 +281,20 @@ def update_customers_csr(
             hi = n
             while keep_from < hi:  # first index whose time is > threshold
                 mid = (keep_from + hi) >> 1
-                if new_ts[base + mid] <= threshold:
+                if s_ts[mid] <= threshold:
                     keep_from = mid + 1
                 else:
                     hi = mid
         kept = n - keep_from
-        if keep_from > 0:
-            for j in range(kept):
-                new_ts[base + j] = new_ts[base + keep_from + j]
-                new_amount[base + j] = new_amount[base + keep_from + j]
-                new_terminal[base + j] = new_terminal[base + keep_from + j]
-                new_lat[base + j] = new_lat[base + keep_from + j]
-                new_lon[base + j] = new_lon[base + keep_from + j]
-        cursor = base + kept
+        new_words[cursor] = STATE_VERSION | (kept << 32)
+        new_words[cursor + 1] = mx
+        dst = cursor + HEADER_WORDS
+        for j in range(kept):
+            new_words[dst + j] = s_ts[keep_from + j]
+            new_words[dst + kept + j] = s_amount[keep_from + j]
+            new_words[dst + 2 * kept + j] = s_terminal[keep_from + j]
+            new_fwords[dst + 3 * kept + j] = s_lat[keep_from + j]
+            new_fwords[dst + 4 * kept + j] = s_lon[keep_from + j]
+        cursor = dst + COLUMNS * kept
         new_offsets[g + 1] = cursor
-        new_max_ts[g] = mx
-    return -1
+    return new_words[:cursor], new_offsets, -1

@@ -4,6 +4,15 @@ Both kernels take the (n, F) float64 feature matrix in the model's column order 
 ``out_score[i] = sigmoid(raw_i)`` and ``out_contrib[i, j]``, the contribution of feature j to the
 raw score (log-odds) of row i relative to the model's expected value. The Python-facing layer is
 ``fraud.model.scoring``; ``fraud.reference.model`` is the slow twin the tests compare with.
+
+Trees have two kernels with bit-for-bit the same outputs. ``score_trees`` walks each row down each
+tree as stored (any depth). ``score_trees_blocked`` takes shallow trees padded to *perfect* trees
+(``fraud.model.scoring`` builds that layout once per table) and goes tree by tree over blocks of
+rows: every node of a tree is evaluated for all the rows of the block at once, and only the rows
+whose path reaches it update their state, so the inner loop has no data-dependent branch and
+vectorizes (row walking is bound by the chain of dependent loads from node to child). Both add a
+row's contributions in the same order (tree by tree, root to leaf), and a row that does not reach
+a node adds ``-0.0`` there (``x + -0.0 == x`` for every x), so the sums are the same.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
+
+BLOCK_ROWS = 128  # rows per block of score_trees_blocked (256 measured alike, 64 slower)
+_NEUTRAL = -0.0  # x + -0.0 == x for every float x (+0.0 would turn -0.0 into +0.0)
 
 
 @njit_cached
@@ -104,3 +116,79 @@ def score_trees(
                 f = feature[node]
             raw += value[node]
         out_score[i] = sigmoid(raw)
+
+
+@njit_cached
+def score_trees_blocked(
+    features: F64,
+    tree_depth: I64,
+    node_feature: I64,
+    node_threshold: F64,
+    node_nan_right: I64,
+    node_delta_left: F64,
+    node_delta_right: F64,
+    leaf_value: F64,
+    init: float,
+    out_score: F64,
+    out_contrib: F64,
+) -> None:
+    """``score_trees`` for trees padded to perfect binary trees (the same outputs, bit for bit).
+
+    Tree ``t`` has depth ``d = tree_depth[t]``; its split nodes are ``[t, k]`` for heap positions
+    ``k < 2**d - 1`` (root 0, children of k at 2k + 1 and 2k + 2) and its leaves ``leaf_value[t,
+    l]`` for ``l < 2**d``, left to right. Split node ``[t, k]`` sends a row right when ``x >
+    node_threshold`` (``x = features[i, node_feature]``), or when x is NaN and
+    ``node_nan_right`` is 1; the row's contribution to that feature grows by
+    ``node_delta_right`` (going right) or ``node_delta_left`` (going left). A leaf above depth
+    ``d`` is padded with split nodes that send every row left (threshold +inf, NaN left) with
+    deltas ``-0.0``, down to copies of its value. Rows go in blocks of ``BLOCK_ROWS``,
+    transposed so that a node is one pass over contiguous values of its feature.
+    """
+    n, n_features = features.shape
+    n_trees = tree_depth.shape[0]
+    block = max(1, min(BLOCK_ROWS, n))
+    x_t = np.empty((n_features, block), np.float64)
+    acc = np.empty((n_features, block), np.float64)
+    at = np.empty(block, np.int64)  # heap position of each row's current node in the tree
+    raw = np.empty(block, np.float64)
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        for j in range(n_features):
+            for i in range(m):
+                x_t[j, i] = features[start + i, j]
+                acc[j, i] = 0.0
+        for i in range(m):
+            raw[i] = init
+        for t in range(n_trees):
+            n_nodes = (1 << tree_depth[t]) - 1
+            for i in range(m):
+                at[i] = 0
+            for k in range(n_nodes):  # heap order: a node comes after its parent
+                threshold = node_threshold[t, k]
+                go_left = node_delta_left[t, k]
+                go_right = node_delta_right[t, k]
+                left = 2 * k + 1
+                x_row = x_t[node_feature[t, k]]
+                acc_row = acc[node_feature[t, k]]
+                # right = not (x <= threshold) sends NaN right, x > threshold sends it left; two
+                # loops rather than a NaN test per row
+                if node_nan_right[t, k]:
+                    for i in range(m):
+                        right = np.int64(not x_row[i] <= threshold)
+                        here = at[i] == k
+                        delta = go_right if right else go_left
+                        acc_row[i] += delta if here else _NEUTRAL
+                        at[i] = left + right if here else at[i]
+                else:
+                    for i in range(m):
+                        right = np.int64(x_row[i] > threshold)
+                        here = at[i] == k
+                        delta = go_right if right else go_left
+                        acc_row[i] += delta if here else _NEUTRAL
+                        at[i] = left + right if here else at[i]
+            for i in range(m):
+                raw[i] += leaf_value[t, at[i] - n_nodes]
+        for i in range(m):
+            out_score[start + i] = sigmoid(raw[i])
+            for j in range(n_features):
+                out_contrib[start + i, j] = acc[j, i]

@@ -14,18 +14,17 @@ Labels are per hash: a label applies to every stored transaction of the terminal
 including one that arrives later (a label may come before its transaction: it is kept *pending*
 and attached when the transaction arrives). A later label replaces an earlier one.
 
-Batch layout (CSR, G terminal groups in one micro-batch), all int64 unless said otherwise:
+Batch layout (G terminal groups in one micro-batch), all int64 unless said otherwise:
 
-* state transactions: ``st_ts`` (ascending inside each group), ``st_hash``, ``st_fraud`` (int8),
-  ``st_lt`` (label time, ``INT64_MAX`` when unlabelled), group ``g`` owns
-  ``[st_offsets[g], st_offsets[g + 1])``; transactions with the same hash carry the same label.
-* state pending labels: ``pd_hash``, ``pd_fraud`` (int8), ``pd_lt``, CSR ``pd_offsets``; sorted by
-  ``(label_time, hash)`` strictly, none with the hash of one of the group's transactions.
-* ``st_max_ts[g]``: the largest transaction event time ever seen (``INT64_MIN`` when none). Label
-  times do not move it.
-* events: ``ev_kind`` (int8), ``ev_ts``, ``ev_hash``, ``ev_fraud`` (int8), sorted by group with
-  the processing order kept inside a group, CSR ``event_offsets``; ``out_row[k]`` is the output row
-  of the event at CSR position ``k`` (the stable argsort permutation gives the caller's order).
+* states: the state bytes of the G groups concatenated as words (layout below), group ``g``
+  owning ``words[word_offsets[g]:word_offsets[g + 1]]``, no words for a new terminal. A state's
+  transactions are sorted by event time and those with the same hash carry the same label; its
+  pending labels are sorted by ``(label_time, hash)`` strictly, none with the hash of one of its
+  transactions; ``max_ts`` is the largest transaction event time ever seen (``INT64_MIN`` when
+  none), label times do not move it.
+* events: ``ev_kind`` (int8), ``ev_ts``, ``ev_hash``, ``ev_fraud`` (int8) in the caller's order,
+  plus ``order``, the events grouped (processing order kept inside a group): group ``g`` owns
+  ``order[event_offsets[g]:event_offsets[g + 1]]``.
 
 Per group the kernel loads the state into scratch arrays: transaction *slots* (append-only), the
 slots in event-time order (``s_ts`` / ``s_slot``, an out-of-order transaction shifts the later
@@ -40,7 +39,8 @@ Eviction after the group's events, with ``threshold = max_ts - retain_ms`` (no e
 ``max_ts`` is ``INT64_MIN``): transactions with ``ts <= threshold`` go (and with the last one of a
 hash, its label); pending labels with ``label_time <= threshold`` go (a label is never earlier than
 its transaction, so that transaction would be evicted on arrival anyway); then at most
-``max_pending`` pending labels are kept, those with the largest ``(label_time, hash)``.
+``max_pending`` pending labels are kept, those with the largest ``(label_time, hash)``. The new
+state goes straight into the new state words: one pass over the batch, from words to words.
 
 State bytes (one terminal, see ``fraud.terminal.encode_terminal_state``) are a whole number of
 8-byte little-endian words: word 0 = version (byte 0), three zero bytes, transaction count n
@@ -74,156 +74,6 @@ _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64: Fibonacci hashing
 def state_words(n_tx: int, n_pending: int) -> int:
     """Number of 8-byte words of a state with ``n_tx`` transactions and ``n_pending`` labels."""
     return HEADER_WORDS + 3 * n_tx + 2 * n_pending + (n_tx + n_pending + 7) // 8
-
-
-@njit_cached
-def unpack_terminal_states(
-    words: I64, word_offsets: I64
-) -> tuple[I64, I64, I8, I64, I64, I64, I8, I64, I64, I64, int]:
-    """Decode the concatenated state words of G groups into CSR state arrays.
-
-    Group ``g`` owns ``words[word_offsets[g]:word_offsets[g + 1]]``; zero words means "no state".
-    Returns ``(ts, hash, fraud, lt, offsets, pd_hash, pd_fraud, pd_lt, pd_offsets, max_ts, bad)``
-    where ``bad`` is -1, or the first group whose words are malformed (version, padding, length,
-    a fraud byte not 0/1, times not ascending or above max_ts, pending labels not strictly sorted
-    by (label time, hash)); the arrays are then empty. Label consistency between transactions of
-    the same hash is checked by ``update_terminals_csr``.
-    """
-    n_groups = word_offsets.shape[0] - 1
-    offsets = np.zeros(n_groups + 1, np.int64)
-    pd_offsets = np.zeros(n_groups + 1, np.int64)
-    max_ts = np.empty(n_groups, np.int64)
-    e64 = np.empty(0, np.int64)
-    e8 = np.empty(0, np.int8)
-    total = 0
-    total_pd = 0
-    for g in range(n_groups):
-        a = word_offsets[g]
-        n_words = word_offsets[g + 1] - a
-        n = 0
-        p = 0
-        if n_words > 0:
-            if n_words < HEADER_WORDS:
-                return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-            w0 = words[a]
-            w1 = words[a + 1]
-            n = (w0 >> 32) & _U32_MASK
-            p = w1 & _U32_MASK
-            if (w0 & 0xFF) != STATE_VERSION or ((w0 >> 8) & _PAD_MASK) != 0:
-                return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-            if ((w1 >> 32) & _U32_MASK) != 0 or n_words != state_words(n, p):
-                return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-        total += n
-        total_pd += p
-        offsets[g + 1] = total
-        pd_offsets[g + 1] = total_pd
-    ts = np.empty(total, np.int64)
-    hsh = np.empty(total, np.int64)
-    fraud = np.empty(total, np.int8)
-    lt = np.empty(total, np.int64)
-    pd_hash = np.empty(total_pd, np.int64)
-    pd_fraud = np.empty(total_pd, np.int8)
-    pd_lt = np.empty(total_pd, np.int64)
-    for g in range(n_groups):
-        a = word_offsets[g]
-        if word_offsets[g + 1] == a:
-            max_ts[g] = INT64_MIN
-            continue
-        mx = words[a + 2]
-        max_ts[g] = mx
-        o = offsets[g]
-        n = offsets[g + 1] - o
-        q = pd_offsets[g]
-        p = pd_offsets[g + 1] - q
-        src = a + HEADER_WORDS
-        src_fraud = src + 3 * n + 2 * p
-        prev = INT64_MIN
-        for i in range(n):
-            t = words[src + i]
-            if t < prev:
-                return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-            prev = t
-            ts[o + i] = t
-            hsh[o + i] = words[src + n + i]
-            lt[o + i] = words[src + 2 * n + i]
-        if n > 0 and prev > mx:
-            return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-        src_pd = src + 3 * n
-        for j in range(p):
-            h = words[src_pd + j]
-            label_time = words[src_pd + p + j]
-            if j > 0:
-                before_lt = pd_lt[q + j - 1]
-                if label_time < before_lt or (label_time == before_lt and h <= pd_hash[q + j - 1]):
-                    return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-            pd_hash[q + j] = h
-            pd_lt[q + j] = label_time
-        n_bytes = ((n + p + 7) // 8) * 8
-        for b in range(n_bytes):
-            value = (words[src_fraud + (b >> 3)] >> (8 * (b & 7))) & 0xFF
-            if b < n + p:
-                if value > 1:
-                    return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-                if b < n:
-                    fraud[o + b] = value
-                else:
-                    pd_fraud[q + b - n] = value
-            elif value != 0:
-                return e64, e64, e8, e64, e64, e64, e8, e64, e64, e64, g
-    return ts, hsh, fraud, lt, offsets, pd_hash, pd_fraud, pd_lt, pd_offsets, max_ts, -1
-
-
-@njit_cached
-def pack_terminal_states(
-    ts: I64,
-    hsh: I64,
-    fraud: I8,
-    lt: I64,
-    offsets: I64,
-    pd_hash: I64,
-    pd_fraud: I8,
-    pd_lt: I64,
-    pd_offsets: I64,
-    max_ts: I64,
-) -> tuple[I64, I64]:
-    """Encode CSR state arrays as concatenated state words; returns ``(words, word_offsets)``.
-
-    The inverse of ``unpack_terminal_states``; every group gets a header (an empty group comes
-    back as an explicit empty state carrying its max_ts). Counts must fit in uint32.
-    """
-    n_groups = max_ts.shape[0]
-    word_offsets = np.empty(n_groups + 1, np.int64)
-    word_offsets[0] = 0
-    for g in range(n_groups):
-        n = offsets[g + 1] - offsets[g]
-        p = pd_offsets[g + 1] - pd_offsets[g]
-        word_offsets[g + 1] = word_offsets[g] + state_words(n, p)
-    words = np.empty(word_offsets[n_groups], np.int64)
-    for g in range(n_groups):
-        a = word_offsets[g]
-        o = offsets[g]
-        n = offsets[g + 1] - o
-        q = pd_offsets[g]
-        p = pd_offsets[g + 1] - q
-        words[a] = STATE_VERSION | (n << 32)
-        words[a + 1] = p
-        words[a + 2] = max_ts[g]
-        dst = a + HEADER_WORDS
-        for i in range(n):
-            words[dst + i] = ts[o + i]
-            words[dst + n + i] = hsh[o + i]
-            words[dst + 2 * n + i] = lt[o + i]
-        dst_pd = dst + 3 * n
-        for j in range(p):
-            words[dst_pd + j] = pd_hash[q + j]
-            words[dst_pd + p + j] = pd_lt[q + j]
-        dst_fraud = dst_pd + 2 * p
-        for b in range((n + p + 7) // 8):
-            words[dst_fraud + b] = 0
-        for i in range(n + p):
-            value = np.int64(fraud[o + i]) if i < n else np.int64(pd_fraud[q + i - n])
-            words[dst_fraud + (i >> 3)] |= value << (8 * (i & 7))
-    return words, word_offsets
 
 
 @njit_cached
@@ -280,69 +130,126 @@ def _fraud_remove(f_ts: I64, f_rec: I64, nf: int, t: int, r: int) -> int:
 
 
 @njit_cached
-def update_terminals_csr(
-    st_ts: I64,
-    st_hash: I64,
-    st_fraud: I8,
-    st_lt: I64,
-    st_offsets: I64,
-    pd_hash: I64,
-    pd_fraud: I8,
-    pd_lt: I64,
-    pd_offsets: I64,
-    st_max_ts: I64,
+def _header_counts(words: I64, start: int, n_words: int) -> tuple[int, int]:
+    """(transactions, pending labels) of the state at ``words[start:start + n_words]``, or
+    ``(-1, -1)`` when its header or length is malformed."""
+    if n_words < HEADER_WORDS:
+        return -1, -1
+    w0 = words[start]
+    w1 = words[start + 1]
+    n = (w0 >> 32) & _U32_MASK
+    p = w1 & _U32_MASK
+    if (w0 & 0xFF) != STATE_VERSION or ((w0 >> 8) & _PAD_MASK) != 0:
+        return -1, -1
+    if ((w1 >> 32) & _U32_MASK) != 0 or n_words != state_words(n, p):
+        return -1, -1
+    return n, p
+
+
+@njit_cached
+def _bad_content(words: I64, start: int) -> bool:
+    """Whether the state at ``start`` (its header checked) has transaction times not ascending or
+    above max_ts, pending labels not strictly sorted by (label time, hash), a fraud byte not 0/1
+    or non-zero padding."""
+    n = (words[start] >> 32) & _U32_MASK
+    p = words[start + 1] & _U32_MASK
+    mx = words[start + 2]
+    src = start + HEADER_WORDS
+    prev = INT64_MIN
+    for i in range(n):
+        t = words[src + i]
+        if t < prev:
+            return True
+        prev = t
+    if n > 0 and prev > mx:
+        return True
+    src_pd = src + 3 * n
+    for j in range(1, p):
+        h = words[src_pd + j]
+        label_time = words[src_pd + p + j]
+        before_lt = words[src_pd + p + j - 1]
+        if label_time < before_lt or (label_time == before_lt and h <= words[src_pd + j - 1]):
+            return True
+    src_fraud = src_pd + 2 * p
+    for b in range(((n + p + 7) // 8) * 8):
+        value = (words[src_fraud + (b >> 3)] >> (8 * (b & 7))) & 0xFF
+        if value > (1 if b < n + p else 0):
+            return True
+    return False
+
+
+@njit_cached
+def _first_bad_content(words: I64, word_offsets: I64, start_group: int) -> int:
+    """The first group from ``start_group`` on whose state content is malformed, or -1."""
+    for g in range(start_group, word_offsets.shape[0] - 1):
+        if word_offsets[g + 1] > word_offsets[g] and _bad_content(words, word_offsets[g]):
+            return g
+    return -1
+
+
+@njit_cached
+def update_terminal_words(
+    words: I64,
+    word_offsets: I64,
     ev_kind: I8,
     ev_ts: I64,
     ev_hash: I64,
     ev_fraud: I8,
+    order: I64,
     event_offsets: I64,
-    out_row: I64,
     window_ms: I64,
     delay_ms: int,
     retain_ms: int,
     max_pending: int,
     out_count: I64,
     out_fraud: I64,
-    new_ts: I64,
-    new_hash: I64,
-    new_fraud: I8,
-    new_lt: I64,
-    new_offsets: I64,
-    new_pd_hash: I64,
-    new_pd_fraud: I8,
-    new_pd_lt: I64,
-    new_pd_offsets: I64,
-    new_max_ts: I64,
-) -> int:
-    """Apply each group's events in order, write the features and the evicted new states.
+) -> tuple[I64, I64, int]:
+    """Apply each group's events in order to its state words; write the features and the new
+    states.
 
-    Outputs (preallocated by the caller):
+    Input states: group ``g`` owns ``words[word_offsets[g]:word_offsets[g + 1]]``, no words for
+    a new terminal. Events ``ev_*`` are in the caller's order; ``order`` lists them grouped
+    (group ``g`` owns ``order[event_offsets[g]:event_offsets[g + 1]]``, processing order kept
+    inside a group) and event ``order[k]`` writes row ``order[k]`` of ``out_count`` /
+    ``out_fraud`` (shape ``(n_events, W)``, column ``w`` for ``window_ms[w]``; label events get
+    zeros).
 
-    * ``out_count`` / ``out_fraud``: shape ``(n_events, W)``; the event at CSR position ``k`` is
-      written to row ``out_row[k]``, column ``w`` for ``window_ms[w]``; label events get zeros.
-    * ``new_ts`` / ``new_hash`` / ``new_fraud`` / ``new_lt``: capacity at least
-      ``len(st_ts) + len(ev_ts)``, CSR ``new_offsets`` (len G + 1); ``new_pd_*``: capacity at
-      least ``len(pd_hash) + len(ev_ts)``, CSR ``new_pd_offsets``; ``new_max_ts`` (len G).
+    Returns ``(new_words, new_offsets, bad)``: group ``g``'s evicted new state is
+    ``new_words[new_offsets[g]:new_offsets[g + 1]]`` (every group gets a header; counts must fit
+    in uint32), and ``bad`` is -1 or the group whose state is malformed: the first with a bad
+    header or length, else the first with bad content (see ``_bad_content``), else the first
+    whose transactions of one hash carry different labels or whose pending label has the hash
+    of a transaction or of another pending label. The outputs are then incomplete.
 
     ``delay_ms >= 0``, ``window_ms`` entries > 0, ``delay_ms + window + retain_ms`` within int64,
-    ``ev_kind`` and the fraud flags 0/1, ``max_pending >= 0``. Returns -1, or the first group
-    whose state is invalid (times not ascending or above max_ts, two transactions of one hash
-    with different labels, a pending label for a hash that has transactions or twice the same
-    pending hash); the outputs are then incomplete.
+    ``ev_kind`` and the fraud flags 0/1, ``max_pending >= 0``.
     """
-    n_groups = st_offsets.shape[0] - 1
+    n_groups = word_offsets.shape[0] - 1
     n_windows = window_ms.shape[0]
+    new_offsets = np.empty(n_groups + 1, np.int64)
+    new_offsets[0] = 0
+    empty = np.empty(0, np.int64)
 
     cap_tx = 0
     cap_rec = 0
+    n_out = 0  # words of the new states, at most
     for g in range(n_groups):
-        n_st = st_offsets[g + 1] - st_offsets[g]
+        start = word_offsets[g]
+        n_words = word_offsets[g + 1] - start
+        n_st = 0
+        n_pd = 0
+        if n_words > 0:
+            n_st, n_pd = _header_counts(words, start, n_words)
+            if n_st < 0:
+                return empty, new_offsets, g
         n_ev = event_offsets[g + 1] - event_offsets[g]
         cap_tx = max(cap_tx, n_st + n_ev)
-        cap_rec = max(cap_rec, n_st + pd_offsets[g + 1] - pd_offsets[g] + n_ev)
+        cap_rec = max(cap_rec, n_st + n_pd + n_ev)
+        n_out += state_words(n_st + n_ev, n_pd + n_ev)
     table_cap = 2
     while table_cap < 2 * cap_rec:
         table_cap <<= 1
+    new_words = np.empty(n_out, np.int64)
     # transaction slots (append-only) and their event-time order
     e_rec = np.empty(cap_tx, np.int64)
     e_next = np.empty(cap_tx, np.int64)
@@ -361,40 +268,48 @@ def update_terminals_csr(
     pend = np.empty(cap_rec, np.int64)
 
     cursor = 0
-    pd_cursor = 0
-    new_offsets[0] = 0
-    new_pd_offsets[0] = 0
     for g in range(n_groups):
-        n_st = st_offsets[g + 1] - st_offsets[g]
+        start = word_offsets[g]
+        has_state = word_offsets[g + 1] > start
+        if has_state and _bad_content(words, start):
+            return empty, new_offsets, g
+        n_st = 0
+        n_pd = 0
+        mx = INT64_MIN
+        if has_state:
+            n_st = (words[start] >> 32) & _U32_MASK
+            n_pd = words[start + 1] & _U32_MASK
+            mx = words[start + 2]
         n_ev = event_offsets[g + 1] - event_offsets[g]
-        need = n_st + pd_offsets[g + 1] - pd_offsets[g] + n_ev
         bits = 1
-        while (1 << bits) < 2 * need:
+        while (1 << bits) < 2 * (n_st + n_pd + n_ev):
             bits += 1
         mask = (1 << bits) - 1
         shift = 64 - bits
         table[: 1 << bits] = -1
-        mx = st_max_ts[g]
         n = 0  # transactions (slots == sorted entries)
         nr = 0  # records
         nf = 0  # fraud list
 
-        for i in range(st_offsets[g], st_offsets[g + 1]):
-            t = st_ts[i]
-            h = st_hash[i]
-            if n > 0 and t < s_ts[n - 1]:
-                return g
+        src = start + HEADER_WORDS
+        src_fraud = src + 3 * n_st + 2 * n_pd
+        for i in range(n_st):
+            t = words[src + i]
+            h = words[src + n_st + i]
+            fraud = np.int8((words[src_fraud + (i >> 3)] >> (8 * (i & 7))) & 0xFF)
+            label_time = words[src + 2 * n_st + i]
             r = _find(table, mask, shift, r_hash, h)
             if r < 0:
                 table[-r - 1] = nr
                 r = nr
                 nr += 1
                 r_hash[r] = h
-                r_fraud[r] = st_fraud[i]
-                r_lt[r] = st_lt[i]
+                r_fraud[r] = fraud
+                r_lt[r] = label_time
                 r_head[r] = -1
-            elif r_fraud[r] != st_fraud[i] or r_lt[r] != st_lt[i]:
-                return g
+            elif r_fraud[r] != fraud or r_lt[r] != label_time:
+                bad = _first_bad_content(words, word_offsets, g + 1)
+                return empty, new_offsets, g if bad < 0 else bad
             e_ts[n] = t
             e_rec[n] = r
             e_next[n] = r_head[r]
@@ -406,26 +321,28 @@ def update_terminals_csr(
                 f_rec[nf] = r
                 nf += 1
             n += 1
-        if n > 0 and s_ts[n - 1] > mx:
-            return g
-        for j in range(pd_offsets[g], pd_offsets[g + 1]):
-            r = _find(table, mask, shift, r_hash, pd_hash[j])
+        src_pd = src + 3 * n_st
+        for j in range(n_pd):
+            h = words[src_pd + j]
+            r = _find(table, mask, shift, r_hash, h)
             if r >= 0:
-                return g
+                bad = _first_bad_content(words, word_offsets, g + 1)
+                return empty, new_offsets, g if bad < 0 else bad
             table[-r - 1] = nr
-            r_hash[nr] = pd_hash[j]
-            r_fraud[nr] = pd_fraud[j]
-            r_lt[nr] = pd_lt[j]
+            b = n_st + j
+            r_hash[nr] = h
+            r_fraud[nr] = np.int8((words[src_fraud + (b >> 3)] >> (8 * (b & 7))) & 0xFF)
+            r_lt[nr] = words[src_pd + n_pd + j]
             r_head[nr] = -1
             nr += 1
 
         for k in range(event_offsets[g], event_offsets[g + 1]):
-            t = ev_ts[k]
-            h = ev_hash[k]
-            row = out_row[k]
+            row = order[k]
+            t = ev_ts[row]
+            h = ev_hash[row]
             r = _find(table, mask, shift, r_hash, h)
-            if ev_kind[k] == KIND_LABEL:
-                f = ev_fraud[k]
+            if ev_kind[row] == KIND_LABEL:
+                f = ev_fraud[row]
                 for w in range(n_windows):
                     out_count[row, w] = 0
                     out_fraud[row, w] = 0
@@ -502,20 +419,10 @@ def update_terminals_csr(
                 nf = _fraud_insert(f_ts, f_rec, nf, t, r)
             mx = max(mx, t)
 
-        # eviction, then the new state
+        # eviction
         has_threshold = mx >= INT64_MIN + retain_ms
         threshold = mx - retain_ms if has_threshold else INT64_MIN
         keep_from = _upper(s_ts, n, threshold) if has_threshold else 0
-        for pos in range(keep_from, n):
-            r = e_rec[s_slot[pos]]
-            out = cursor + pos - keep_from
-            new_ts[out] = s_ts[pos]
-            new_hash[out] = r_hash[r]
-            new_fraud[out] = r_fraud[r]
-            new_lt[out] = r_lt[r]
-        cursor += n - keep_from
-        new_offsets[g + 1] = cursor
-
         n_pend = 0
         for r in range(nr):
             if r_head[r] < 0 and (not has_threshold or r_lt[r] > threshold):
@@ -527,13 +434,30 @@ def update_terminals_csr(
             ordered = by_hash[np.argsort(r_lt[by_hash], kind="mergesort")]
             pend[:n_pend] = ordered
         first = max(0, n_pend - max_pending)
-        for j in range(first, n_pend):
-            r = pend[j]
-            out = pd_cursor + j - first
-            new_pd_hash[out] = r_hash[r]
-            new_pd_fraud[out] = r_fraud[r]
-            new_pd_lt[out] = r_lt[r]
-        pd_cursor += n_pend - first
-        new_pd_offsets[g + 1] = pd_cursor
-        new_max_ts[g] = mx
-    return -1
+
+        # the new state, straight into the words
+        kept = n - keep_from
+        kept_pd = n_pend - first
+        new_words[cursor] = STATE_VERSION | (kept << 32)
+        new_words[cursor + 1] = kept_pd
+        new_words[cursor + 2] = mx
+        dst = cursor + HEADER_WORDS
+        dst_pd = dst + 3 * kept
+        dst_fraud = dst_pd + 2 * kept_pd
+        for b in range((kept + kept_pd + 7) // 8):
+            new_words[dst_fraud + b] = 0
+        for j in range(kept):
+            r = e_rec[s_slot[keep_from + j]]
+            new_words[dst + j] = s_ts[keep_from + j]
+            new_words[dst + kept + j] = r_hash[r]
+            new_words[dst + 2 * kept + j] = r_lt[r]
+            new_words[dst_fraud + (j >> 3)] |= np.int64(r_fraud[r]) << (8 * (j & 7))
+        for j in range(kept_pd):
+            r = pend[first + j]
+            b = kept + j
+            new_words[dst_pd + j] = r_hash[r]
+            new_words[dst_pd + kept_pd + j] = r_lt[r]
+            new_words[dst_fraud + (b >> 3)] |= np.int64(r_fraud[r]) << (8 * (b & 7))
+        cursor += state_words(kept, kept_pd)
+        new_offsets[g + 1] = cursor
+    return new_words[:cursor], new_offsets, -1

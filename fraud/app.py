@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,7 @@ def create_app(
         return (None if high is None else int(high), None if start is None else int(start))
 
     watermarks = LabelWatermarks(label_position, settings.label_wait_ms / 1000)
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
 
     def send_dead(letters: Sequence[DeadLetter]) -> None:
         metrics.record_dead_letters(letters)
@@ -182,11 +184,11 @@ def create_app(
             )
 
     async def deliver() -> None:
-        """Deliver before the batch is acknowledged (at-least-once). Flushing in the event
-        loop's thread blocks it for the broker's acknowledgement (well under a millisecond
-        here) while Faust's consumer thread keeps fetching; a flush in an executor thread cost
-        about 5 ms of decision latency per stage in GIL hand-offs (measured at 500 tx/s)."""
-        offsets = emitter.flush()
+        """Deliver before the batch is acknowledged (at-least-once), without blocking the
+        event loop: the other agents go on while the broker acknowledges. (Flushing in the
+        loop's own thread saved GIL hand-offs at 500 tx/s but measured worse at 1,000 tx/s:
+        p50 58 ms against 38 ms.)"""
+        offsets = await asyncio.get_running_loop().run_in_executor(flusher, emitter.flush)
         customer_store.on_changelog_offsets(offsets)
         terminal_store.on_changelog_offsets(offsets)
 

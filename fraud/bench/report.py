@@ -140,6 +140,7 @@ def plot_latency(
     if ps:
         x = [1.0 / (1.0 - p / 100.0) if p < 100 else 1e5 for p in ps]
         left.plot(x, values, marker="o")
+        left.set_yscale("log")
         left.set_xscale("log")
         left.set_xticks(x)
         left.set_xticklabels([f"{p:g}" if p < 100 else "max" for p in ps], rotation=45)

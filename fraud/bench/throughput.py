@@ -132,8 +132,10 @@ def step_rates(
     rows = []
     with environment(settings, embedded=False, say=lambda _: None) as env:
         for rate in rates:
+            # The first step warms the new worker up (5 s, as fraud bench latency does).
+            warmup_s = 5.0 if rate == rates[0] else 1.0
             result = run_load(
-                env.settings, rate, duration_s, warmup_s=2.0, batch=batch, drain_s=5.0,
+                env.settings, rate, duration_s, warmup_s=warmup_s, batch=batch, drain_s=5.0,
                 say=lambda _: None,
             )  # fmt: skip
             s = result.recorder.summary_ms()

@@ -156,11 +156,13 @@ def create_app(
         TerminalConfig(allowed_lateness_ms=settings.allowed_lateness_ms),
     )
 
-    def label_position(partition: int) -> tuple[int | None, int | None]:
-        tp = TP(names.labels, partition)
+    def position(tp: TP) -> Position:
         high = app.consumer.highwater(tp)
         start = _committed(app).get(tp)
-        return (None if high is None else int(high), None if start is None else int(start))
+        return Position(None if high is None else int(high), None if start is None else int(start))
+
+    def label_position(partition: int) -> Position:
+        return position(TP(names.labels, partition))
 
     watermarks = LabelWatermarks(label_position, settings.label_wait_ms / 1000)
     flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
@@ -202,16 +204,11 @@ def create_app(
     paused: set[int] = set()
 
     def positions() -> dict[int, Position]:
-        committed = _committed(app)
-        out: dict[int, Position] = {}
-        for tp in app.consumer.assignment():
-            if tp.topic == names.transactions:
-                high = app.consumer.highwater(tp)
-                start = committed.get(tp)
-                out[tp.partition] = Position(
-                    None if high is None else int(high), None if start is None else int(start)
-                )
-        return out
+        return {
+            tp.partition: position(tp)
+            for tp in app.consumer.assignment()
+            if tp.topic == names.transactions
+        }
 
     async def release(always_deliver: bool) -> None:
         """Enrich and pass on what the alignment releases, then acknowledge it."""

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+from fraud.agents.alignment import Position
 from fraud.agents.watermarks import LabelWatermarks
 
 
 def test_a_labels_partition_never_written_is_caught_up() -> None:
-    marks = LabelWatermarks(lambda p: (0, None), max_wait_s=5.0)
+    marks = LabelWatermarks(lambda p: Position(0), max_wait_s=5.0)
     assert marks.ready(0, 10**12)
 
 
 def test_caught_up_at_the_committed_offset_before_any_label_arrives() -> None:
     """After a restart nothing new was written: the committed offset equals the high
     watermark, so the stage does not wait for a label that will not come."""
-    positions = {0: (40, 40), 1: (41, 40)}
+    positions = {0: Position(40, 40), 1: Position(41, 40)}
     marks = LabelWatermarks(lambda p: positions[p], max_wait_s=5.0)
     assert marks.ready(0, 10**12)
     assert not marks.ready(1, 10**12)  # one label to read first
@@ -24,7 +25,7 @@ def test_caught_up_at_the_committed_offset_before_any_label_arrives() -> None:
 
 
 def test_label_time_or_caught_up_makes_ready_and_wait_times_out_otherwise() -> None:
-    positions = {0: (10, None)}
+    positions = {0: Position(10)}
     marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.05)
     assert not marks.ready(0, 1000)
     marks.advance(0, 1000, 3)
@@ -34,5 +35,5 @@ def test_label_time_or_caught_up_makes_ready_and_wait_times_out_otherwise() -> N
     marks.advance(0, 900, 9)  # everything read (offset 9 of 10), label time behind
     assert marks.ready(0, 10**12)
     assert asyncio.run(marks.wait({0: 10**12})) is True
-    positions[0] = (None, None)  # unknown high watermark: only label time counts
+    positions[0] = Position(None)  # unknown high watermark: only label time counts
     assert not marks.ready(0, 1001)

@@ -45,6 +45,14 @@ class Position:
     highwater: int | None
     start: int | None = None
 
+    def caught_up(self, received_next: int | None) -> bool:
+        """Everything written was received: nothing was ever written, or the next offset to
+        receive (``received_next``, else ``start``) has reached the high watermark."""
+        nxt = received_next if received_next is not None else self.start
+        return self.highwater == 0 or (
+            self.highwater is not None and nxt is not None and nxt >= self.highwater
+        )
+
 
 @dataclass
 class _Partition(Generic[T]):
@@ -100,11 +108,7 @@ class EventTimeAligner(Generic[T]):
         mark = END_TIME
         for partition, pos in positions.items():
             part = self._part(partition)
-            nxt = part.next_offset if part.next_offset is not None else pos.start
-            caught_up = pos.highwater == 0 or (
-                pos.highwater is not None and nxt is not None and nxt >= pos.highwater
-            )
-            if caught_up:
+            if pos.caught_up(part.next_offset):
                 part.active_at = now
                 continue
             if now - part.active_at > self.idle_s:

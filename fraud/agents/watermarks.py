@@ -17,16 +17,14 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 
+from fraud.agents.alignment import Position
+
 NO_TIME = -(2**63)
 
 
 class LabelWatermarks:
-    def __init__(
-        self, position: Callable[[int], tuple[int | None, int | None]], max_wait_s: float
-    ) -> None:
-        # labels partition -> (next offset to be written, offset consumption started from),
-        # each None when unknown
-        self._position = position
+    def __init__(self, position: Callable[[int], Position], max_wait_s: float) -> None:
+        self._position = position  # labels partition -> what the consumer knows of it
         self.max_wait_s = max_wait_s
         self.event_time: dict[int, int] = {}
         self.next_offset: dict[int, int] = {}
@@ -43,11 +41,7 @@ class LabelWatermarks:
     def ready(self, partition: int, event_time_ms: int) -> bool:
         if self.event_time.get(partition, NO_TIME) >= event_time_ms:
             return True
-        hw, start = self._position(partition)
-        if hw == 0:
-            return True  # nothing was ever written there
-        done = self.next_offset.get(partition, start)
-        return hw is not None and done is not None and done >= hw
+        return self._position(partition).caught_up(self.next_offset.get(partition))
 
     async def wait(self, needs: Mapping[int, int]) -> bool:
         """Wait until every partition in ``needs`` is ready for its event time (or time out)."""

@@ -11,7 +11,10 @@ the worker's stages rely on topics keyed by the same id landing on the same part
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from confluent_kafka import Producer
 
 RDKAFKA_LOGGER = logging.getLogger("fraud.rdkafka")
 
@@ -26,3 +29,30 @@ def producer_config(brokers: str, **extra: Any) -> dict[str, Any]:
     conf = client_config(brokers, partitioner="murmur2_random")
     conf.update(extra)
     return conf
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    partition: int | None = None,
+    headers: Sequence[tuple[str, bytes]] | None = None,
+    on_delivery: Callable[..., None] | None = None,
+) -> None:
+    """Queue one message. When librdkafka's queue is full, serve delivery reports until it
+    has room: back-pressure on the caller instead of a ``BufferError``."""
+    kwargs: dict[str, Any] = {"key": key, "value": value}
+    if partition is not None:
+        kwargs["partition"] = partition
+    if headers:
+        kwargs["headers"] = list(headers)
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.005)

@@ -24,7 +24,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from fraud.batching import CONTRACT_HEADER, MAX_BATCH, TRANSACTION_BATCH, partition_for
-from fraud.kafka_config import producer_config
+from fraud.kafka_config import produce, producer_config
 from fraud.settings import Settings
 from fraud.sources import ColumnMapping, Source, label_for, open_source
 from fraud.v1.label_pb2 import Label
@@ -112,17 +112,10 @@ class _Sender:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
-        while True:
-            try:
-                self.prod.produce(topic, **kwargs)
-                return
-            except BufferError:
-                self.prod.poll(0.01)
+        produce(
+            self.prod, topic, value, key=key, partition=partition, headers=headers,
+            on_delivery=self._on_delivery,
+        )  # fmt: skip
 
 
 class _Batcher:

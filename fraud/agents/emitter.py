@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from fraud.kafka_config import producer_config
+from fraud.kafka_config import produce, producer_config
 
 
 class EmitError(RuntimeError):
@@ -63,17 +63,10 @@ class KafkaEmitter:
     ) -> None:
         """Queue one message; ``track_offset`` records its offset for ``flush``'s callback."""
         callback = self._on_tracked_delivery if track_offset else self._on_delivery
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": callback}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = list(headers)
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                return
-            except BufferError:
-                self._producer.poll(0.005)
+        produce(
+            self._producer, topic, value, key=key, partition=partition, headers=headers,
+            on_delivery=callback,
+        )  # fmt: skip
 
     def warm(self, topics: Sequence[str], timeout_s: float = 10.0) -> None:
         """Fetch the topics' metadata now, so the first batch does not wait for it."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fraud.kafka_config import client_config, producer_config
+from fraud.kafka_config import client_config, produce, producer_config
 from fraud.settings import Settings
 
 DAY_MS = 86_400_000
@@ -39,12 +39,7 @@ def fill(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> N
     """Produce ``values`` (key, value) to ``topic`` and wait for all acknowledgements."""
     producer = Producer(producer_config(settings.brokers, **{"linger.ms": 5}))
     for key, value in values:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce(producer, topic, value, key=key)
     if producer.flush(120):
         raise RuntimeError(f"could not fill {topic}")
 
@@ -69,12 +64,7 @@ def passthrough(
                     continue
                 if started is None:
                     started = time.perf_counter()
-                while True:
-                    try:
-                        producer.produce(sink, key=msg.key(), value=msg.value())
-                        break
-                    except BufferError:
-                        producer.poll(0.005)
+                produce(producer, sink, msg.value(), key=msg.key())
                 seen += 1
             producer.poll(0)
         producer.flush(60)

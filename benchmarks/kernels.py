@@ -63,7 +63,7 @@ from fraud.reference.terminal import reference_terminals_evicting
 from fraud.rules import compiled as compiled_mod
 from fraud.rules.compiled import apply_rules, compile_rules
 from fraud.rules.table import load_rule_table
-from fraud.simulate import SimulationConfig, simulate
+from fraud.simulate import SimulationConfig, simulate_at_least
 from fraud.terminal import TerminalConfig, risk, tx_hash, update_terminals
 from fraud.train import NULLABLE_FEATURES
 
@@ -90,18 +90,12 @@ class Stream:
     """The simulated transactions, cut into batches, with each batch's labels and groups."""
 
     def __init__(self, n_tx: int, seed: int) -> None:
-        days = 1
-        while True:  # about 2 transactions per customer-day: grow until there are enough
-            sim = simulate(
-                SimulationConfig(
-                    n_customers=1000, n_terminals=2000, n_days=days, seed=seed,
-                    with_coordinates=True,
-                )
-            )  # fmt: skip
-            if len(sim) >= n_tx:
-                break
-            days = max(days + 1, math.ceil(days * n_tx / max(len(sim), 1)))
-        self.days = days
+        sim, self.days = simulate_at_least(
+            n_tx,
+            SimulationConfig(
+                n_customers=1000, n_terminals=2000, n_days=1, seed=seed, with_coordinates=True
+            ),
+        )
         assert sim.lat is not None and sim.lon is not None
         self.n = n_tx
         self.customer = sim.customer_id[:n_tx]

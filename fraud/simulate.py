@@ -53,7 +53,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +345,17 @@ def simulate(config: SimulationConfig) -> Simulated:
         compromised_terminals=comp_terms,
         compromised_customers=comp_custs,
     )
+
+
+def simulate_at_least(n: int, config: SimulationConfig) -> tuple[Simulated, int]:
+    """``config`` simulated over as many days as give at least ``n`` transactions (growing
+    ``n_days`` from 1), and that number of days."""
+    days = 1
+    while True:
+        sim = simulate(replace(config, n_days=days))
+        if len(sim) >= n:
+            return sim, days
+        days = max(days + 1, math.ceil(days * n / max(len(sim), 1)))
 
 
 def fraud_stats(sim: Simulated) -> dict[str, float]:

@@ -326,3 +326,16 @@ def test_tiny_populations_and_start_date() -> None:
 def test_config_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SimulationConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_simulate_at_least_grows_the_days_until_there_are_enough() -> None:
+    from dataclasses import replace
+
+    from fraud.simulate import SimulationConfig, simulate, simulate_at_least
+
+    config = SimulationConfig(n_customers=50, n_terminals=100, n_days=1, seed=3)
+    one_day = len(simulate(config))
+    sim, days = simulate_at_least(5 * one_day, config)
+    assert days > 1 and len(sim) >= 5 * one_day
+    assert len(simulate(replace(config, n_days=days))) == len(sim)
+    assert simulate_at_least(1, config)[1] == 1

@@ -41,38 +41,55 @@ class Environment:
 
 
 @contextlib.contextmanager
+def broker(base: Settings, embedded: bool, root: Path, say: Say) -> Iterator[Settings]:
+    """``base`` on a fresh embedded broker under ``root`` (stopped at the end), or as given."""
+    if not embedded:
+        say(f"broker: {base.brokers}")
+        yield base
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    embedded_broker = EmbeddedBroker(root / "broker", free_port())
+    embedded_broker.start()
+    say(f"broker: embedded noida-db on {embedded_broker.bootstrap}")
+    try:
+        yield base.with_overrides(brokers=embedded_broker.bootstrap)
+    finally:
+        embedded_broker.stop()
+
+
+def fresh(settings: Settings, root: Path, name: str) -> Settings:
+    """A new topic prefix, app id and state directory: nothing of an earlier run (or of
+    production) is reused."""
+    run_id = uuid.uuid4().hex[:6]
+    return settings.with_overrides(
+        topic_prefix=f"{settings.topic_prefix}{name}-{run_id}-", app_id=f"fraud-{name}-{run_id}",
+        data_dir=root / f"state-{name}-{run_id}",
+    )  # fmt: skip
+
+
+def with_bench_model(settings: Settings) -> Settings:
+    """``settings`` scoring with ``BENCH_MODEL`` unless a model is given."""
+    if settings.model_path is None and BENCH_MODEL.exists():
+        return settings.with_overrides(model_path=BENCH_MODEL)
+    return settings
+
+
+@contextlib.contextmanager
 def environment(
     base: Settings, embedded: bool, say: Say, workdir: Path | None = None
 ) -> Iterator[Environment]:
     """A broker (embedded unless told otherwise), fresh topics, and one ready worker."""
     root = Path(tempfile.mkdtemp(prefix="fraud-bench-")) if workdir is None else workdir
-    broker: EmbeddedBroker | None = None
-    try:
-        # A fresh prefix and app id: nothing of an earlier run (or of production) is reused.
-        run_id = uuid.uuid4().hex[:8]
-        if base.model_path is None and BENCH_MODEL.exists():
-            base = base.with_overrides(model_path=BENCH_MODEL)
-        say(f"policy: rules {base.rules_path.name}, model {base.model_path or 'none'}")
-        settings = base.with_overrides(
-            data_dir=root / "state", topic_prefix=f"{base.topic_prefix}bench-{run_id}-",
-            app_id=f"fraud-bench-{run_id}",
-        )  # fmt: skip
-        if embedded:
-            broker = EmbeddedBroker(root / "broker", free_port())
-            broker.start()
-            settings = settings.with_overrides(brokers=broker.bootstrap)
-            say(f"broker: embedded noida-db on {broker.bootstrap}")
-        else:
-            say(f"broker: {settings.brokers}")
+    base = with_bench_model(base)
+    say(f"policy: rules {base.rules_path.name}, model {base.model_path or 'none'}")
+    with broker(base, embedded, root, say) as on_broker:
+        settings = fresh(on_broker, root, "bench")
         ensure_topics(settings)
         started = time.perf_counter()
         with worker_process(settings, root, say):
             ready = time.perf_counter() - started
             say(f"worker ready in {ready:.1f} s")
             yield Environment(settings, root, ready)
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def latency_row(name: str, result: LoadResult) -> dict[str, Any]:

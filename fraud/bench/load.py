@@ -25,7 +25,7 @@ from fraud.batching import CONTRACT_HEADER, TRANSACTION_BATCH, group_by_partitio
 from fraud.bench.report import LatencyRecorder
 from fraud.kafka_config import producer_config
 from fraud.settings import Settings
-from fraud.simulate import SimulationConfig, simulate
+from fraud.simulate import SimulationConfig, simulate_at_least
 from fraud.v1.decision_pb2 import Decision
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
 
@@ -54,16 +54,9 @@ class LoadResult:
 
 def transactions(n: int, customers: int, seed: int) -> list[Transaction]:
     """``n`` simulated transactions (event times are set at send time)."""
-    days = 1
-    while True:
-        sim = simulate(
-            SimulationConfig(
-                n_customers=customers, n_terminals=2 * customers, n_days=days, seed=seed
-            )
-        )
-        if len(sim) >= n:
-            break
-        days = max(days + 1, int(days * n / max(len(sim), 1)) + 1)
+    sim, _ = simulate_at_least(
+        n, SimulationConfig(n_customers=customers, n_terminals=2 * customers, n_days=1, seed=seed)
+    )
     cust = sim.customer_id[:n].tolist()
     term = sim.terminal_id[:n].tolist()
     amount = sim.amount_cents[:n].tolist()

@@ -16,19 +16,17 @@ Prints a table with the engine's figures as ratios of each limit; writes JSON an
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fraud.bench.latency import BENCH_MODEL, environment
+from fraud.bench.latency import broker, environment, fresh, with_bench_model
 from fraud.bench.limits import end_offsets, fill, passthrough, run_child
 from fraud.bench.load import run_load, transactions
 from fraud.bench.report import machine, table, write_json
-from fraud.broker import EmbeddedBroker, TopicSpec, ensure_topics, free_port
+from fraud.broker import TopicSpec, ensure_topics
 from fraud.demo import worker_process
 from fraud.features import DAY_MS
 from fraud.replay import replay
@@ -41,34 +39,10 @@ TARGET_TX_S = 10_000.0
 TARGET_REPLAY_S = 180.0
 
 
-@contextlib.contextmanager
-def _broker(base: Settings, embedded: bool, root: Path, say: Say) -> Iterator[Settings]:
-    if not embedded:
-        say(f"broker: {base.brokers}")
-        yield base
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(root / "broker", free_port())
-    broker.start()
-    say(f"broker: embedded noida-db on {broker.bootstrap}")
-    try:
-        yield base.with_overrides(brokers=broker.bootstrap)
-    finally:
-        broker.stop()
-
-
-def _fresh(settings: Settings, root: Path, name: str) -> Settings:
-    run_id = uuid.uuid4().hex[:6]
-    return settings.with_overrides(
-        topic_prefix=f"{settings.topic_prefix}{name}-{run_id}-", app_id=f"fraud-{name}-{run_id}",
-        data_dir=root / f"state-{name}-{run_id}",
-    )  # fmt: skip
-
-
 def measure_limits(
     settings: Settings, root: Path, n: int, n_naive: int, say: Say
 ) -> dict[str, float]:
-    s = _fresh(settings, root, "limits")
+    s = fresh(settings, root, "limits")
     source, sink = f"{s.topic_prefix}source", f"{s.topic_prefix}sink"
     ensure_topics(s, extra=[TopicSpec(source, s.partitions, {}), TopicSpec(sink, s.partitions, {})])
     txs = transactions(n, 5000, seed=1)
@@ -90,8 +64,7 @@ def measure_limits(
 
 
 def measure_replay(settings: Settings, root: Path, n_target: int, say: Say) -> dict[str, Any]:
-    if settings.model_path is None and BENCH_MODEL.exists():
-        settings = settings.with_overrides(model_path=BENCH_MODEL)
+    settings = with_bench_model(settings)
     customers = max(50, round(n_target / 350))  # about 350 transactions per customer in 183 days
     started = time.perf_counter()
     sim = simulate(
@@ -102,7 +75,7 @@ def measure_replay(settings: Settings, root: Path, n_target: int, say: Say) -> d
     n = len(sim)
     say(f"replay: simulated {n:,} labelled transactions ({customers:,} customers, 183 days) "
         f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
-    s = _fresh(settings, root, "replay")
+    s = fresh(settings, root, "replay")
     ensure_topics(s)
     with worker_process(s, root, say, timeout_s=120):
         started = time.perf_counter()
@@ -168,14 +141,14 @@ def run(
     # A fresh embedded broker per phase: noida-db keeps every topic in memory (the 1.78 million
     # replay alone grew it to about 18 GB with its changelogs), and one phase's backlog must
     # not slow the next.
-    with _broker(base, embedded, root / "limits", say) as settings:
+    with broker(base, embedded, root / "limits", say) as settings:
         limits = measure_limits(settings, root, n_limits, n_naive, say)
-    with _broker(base, embedded, root / "replay", say) as settings:
+    with broker(base, embedded, root / "replay", say) as settings:
         replayed = measure_replay(settings, root, n_replay, say)
     say("rate steps (open loop, p99 limit 100 ms):")
-    with _broker(base, embedded, root / "single", say) as settings:
+    with broker(base, embedded, root / "single", say) as settings:
         steps = step_rates(settings, rates, step_s, False, say)
-    with _broker(base, embedded, root / "batched", say) as settings:
+    with broker(base, embedded, root / "batched", say) as settings:
         steps += step_rates(settings, rates, step_s, True, say)
     best = {
         mode: max([r["rate"] for r in steps if r["batched"] == flag and r["ok"]], default=0.0)

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -501,36 +501,33 @@ class NotifierMetrics:
 # ---------------------------------------------------------------- process-wide instances
 
 _lock = threading.Lock()
-_worker: WorkerMetrics | None = None
-_webhooks: WebhookMetrics | None = None
-_notifier: NotifierMetrics | None = None
+_shared: dict[type, Any] = {}
+_M = TypeVar("_M", WorkerMetrics, WebhookMetrics, NotifierMetrics)
+
+
+def _process_wide(kind: type[_M]) -> _M:
+    """The one ``kind`` of this process, on ``REGISTRY``, created on first call (under a lock:
+    registering the same metric names twice would raise)."""
+    with _lock:
+        if kind not in _shared:
+            _shared[kind] = kind(REGISTRY)
+        metrics: _M = _shared[kind]
+        return metrics
 
 
 def worker_metrics() -> WorkerMetrics:
     """This process's worker metrics, on ``REGISTRY`` (created on first call)."""
-    global _worker
-    with _lock:
-        if _worker is None:
-            _worker = WorkerMetrics(REGISTRY)
-        return _worker
+    return _process_wide(WorkerMetrics)
 
 
 def webhook_metrics() -> WebhookMetrics:
     """This process's webhook sink metrics, on ``REGISTRY`` (created on first call)."""
-    global _webhooks
-    with _lock:
-        if _webhooks is None:
-            _webhooks = WebhookMetrics(REGISTRY)
-        return _webhooks
+    return _process_wide(WebhookMetrics)
 
 
 def notifier_metrics() -> NotifierMetrics:
     """This process's notifier metrics, on ``REGISTRY`` (created on first call)."""
-    global _notifier
-    with _lock:
-        if _notifier is None:
-            _notifier = NotifierMetrics(REGISTRY)
-        return _notifier
+    return _process_wide(NotifierMetrics)
 
 
 # ---------------------------------------------------------------- HTTP endpoint

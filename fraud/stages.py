@@ -20,6 +20,7 @@ from fraud.batching import CONTRACT_HEADER, ENRICHED_BATCH, TRANSACTION_BATCH, p
 from fraud.contracts import Rejected, dead_letter, parse_transaction, validate_transaction
 from fraud.currency import exponent
 from fraud.customer import CustomerConfig, terminal_hash, update_customers
+from fraud.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
 from fraud.features import (
     ALL_FEATURES,
     CUSTOMER_STAGE_FEATURES,
@@ -28,7 +29,7 @@ from fraud.features import (
 )
 from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 from fraud.keyed import KeyedBatch
-from fraud.model.scoring import score, top_reasons
+from fraud.model.scoring import score
 from fraud.model.table import ModelTable
 from fraud.pipeline import RawRecord, alert_for
 from fraud.rules.compiled import CompiledRules, apply_rules, fired_ids
@@ -42,6 +43,8 @@ from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
 
 N_CUSTOMER = len(CUSTOMER_STAGE_FEATURES)
+# Model reasons per decision: the features that pushed the score up most.
+TOP_REASONS = 3
 NO_TIME = -(2**63)
 
 
@@ -66,19 +69,93 @@ class Policy:
 
 
 @dataclass
+class Enriched:
+    """Valid transactions with their customer-stage features, as columns: what the customer
+    stage hands to the terminal stage, in one process or (as ``EnrichedTransaction`` messages)
+    over the repartition topic."""
+
+    txs: list[Transaction] = field(default_factory=list)
+    # (n, N_CUSTOMER), in the order of fraud.features.CUSTOMER_STAGE_FEATURES.
+    features: np.ndarray = field(default_factory=lambda: np.empty((0, N_CUSTOMER)))
+    ingested_at_ms: list[int] = field(default_factory=list)
+    source_topics: list[str] = field(default_factory=list)
+    source_partitions: list[int] = field(default_factory=list)
+    source_offsets: list[int] = field(default_factory=list)
+    source_indexes: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.txs)
+
+    def messages(self) -> list[EnrichedTransaction]:
+        return [
+            EnrichedTransaction(
+                transaction=tx,
+                customer_features=row,
+                ingested_at_ms=ingested,
+                source_topic=topic,
+                source_partition=partition,
+                source_offset=offset,
+                source_index=index,
+            )
+            for tx, row, ingested, topic, partition, offset, index in zip(
+                self.txs,
+                self.features.tolist(),
+                self.ingested_at_ms,
+                self.source_topics,
+                self.source_partitions,
+                self.source_offsets,
+                self.source_indexes,
+                strict=True,
+            )
+        ]
+
+    @staticmethod
+    def from_messages(items: Sequence[EnrichedTransaction]) -> Enriched:
+        n = len(items)
+        features = np.fromiter(
+            (v for item in items for v in item.customer_features), np.float64, n * N_CUSTOMER
+        ).reshape(n, N_CUSTOMER)
+        return Enriched(
+            [item.transaction for item in items],
+            features,
+            [item.ingested_at_ms for item in items],
+            [item.source_topic for item in items],
+            [item.source_partition for item in items],
+            [item.source_offset for item in items],
+            [item.source_index for item in items],
+        )
+
+
+@dataclass
 class CustomerResult:
-    enriched: list[EnrichedTransaction] = field(default_factory=list)
+    columns: Enriched = field(default_factory=Enriched)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def enriched(self) -> list[EnrichedTransaction]:
+        """The transactions as the repartition topic's messages."""
+        return self.columns.messages()
 
 
 @dataclass
 class TerminalResult:
-    decisions: list[Decision] = field(default_factory=list)
+    # One Decision per transaction, encoded, with its record key (customer_id), event time and
+    # ingest time (Kafka timestamp) in the same order; ``decisions`` decodes them.
+    encoded: list[bytes] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    event_times: list[int] = field(default_factory=list)
+    ingested: list[int] = field(default_factory=list)
+    action_counts: dict[int, int] = field(default_factory=dict)
+    decided_at_ms: int = 0
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     labels_applied: int = 0
     # apply_labels: event time of each input record, in order (NO_TIME when refused).
     label_times: list[int] = field(default_factory=list)
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return [Decision.FromString(b) for b in self.encoded]
 
 
 def _reject(rec: RawRecord, rejected: Rejected, now_ms: int) -> DeadLetter:
@@ -252,19 +329,15 @@ class CustomerStage:
             ]
         )
         assert features.shape[1] == N_CUSTOMER
-        index = indexes if indexes is not None else [0] * n
-        for tx, rec, i, row in zip(txs, recs, index, features.tolist(), strict=True):
-            result.enriched.append(
-                EnrichedTransaction(
-                    transaction=tx,
-                    customer_features=row,
-                    ingested_at_ms=rec.timestamp_ms,
-                    source_topic=rec.topic,
-                    source_partition=rec.partition,
-                    source_offset=rec.offset,
-                    source_index=i,
-                )
-            )
+        result.columns = Enriched(
+            list(txs),
+            features,
+            [rec.timestamp_ms for rec in recs],
+            [rec.topic for rec in recs],
+            [rec.partition for rec in recs],
+            [rec.offset for rec in recs],
+            list(indexes) if indexes is not None else [0] * n,
+        )
         return result
 
 
@@ -280,6 +353,9 @@ class TerminalStage:
         self.clock = clock
         self.policy = policy
         self.config = config or TerminalConfig()
+        self._feature_map = FeatureMapEncoder(ALL_FEATURES)
+        self._reasons_for: ModelTable | None = None
+        self._reason_encoder = ModelReasonEncoder(())
 
     def apply_labels(self, records: Sequence[RawRecord]) -> TerminalResult:
         """Record fraud labels in their terminal's state (idempotent; order-insensitive)."""
@@ -375,13 +451,19 @@ class TerminalStage:
 
     def process_decoded(self, decoded: Sequence[tuple[EnrichedTransaction, int]]) -> TerminalResult:
         """Terminal features, rules, model and decision for decoded transactions."""
+        return self.process_enriched(
+            Enriched.from_messages([item for item, _ in decoded]),
+            [partition for _, partition in decoded],
+        )
+
+    def process_enriched(self, enriched: Enriched, parts: Sequence[int]) -> TerminalResult:
+        """Terminal features, rules, model and decision; ``parts[i]`` is the partition of the
+        i-th transaction's terminal (its key's partition of the terminal table)."""
         result = TerminalResult()
-        if not decoded:
+        if not len(enriched):
             return result
-        items = [item for item, _ in decoded]
-        parts = [partition for _, partition in decoded]
-        n = len(items)
-        txs = [item.transaction for item in items]
+        txs = enriched.txs
+        n = len(txs)
         batch = KeyedBatch(parts, [tx.terminal_id for tx in txs])
         counts, frauds, new_states = update_terminals(
             batch.load(self.store),
@@ -396,29 +478,39 @@ class TerminalStage:
         terminal = np.empty((n, 2 * counts.shape[1]), dtype=np.float64)
         terminal[:, 0::2] = counts
         terminal[:, 1::2] = risk(counts, frauds)
-        customer = np.array([list(item.customer_features) for item in items], dtype=np.float64)
-        features = np.hstack([customer, terminal])
-        self._decide(items, features, result)
+        features = np.hstack([enriched.features, terminal])
+        self._decide(enriched, features, result)
         return result
 
-    def _decide(
-        self, items: list[EnrichedTransaction], features: np.ndarray, result: TerminalResult
-    ) -> None:
+    def _decide(self, enriched: Enriched, features: np.ndarray, result: TerminalResult) -> None:
+        """Rules, model and action per row; each Decision encoded as bytes (fraud.decision_bytes)
+        and decoded again only for the alerts."""
         policy = self.policy
         fired, rule_action = apply_rules(policy.rules, features)
-        n = len(items)
+        n = len(enriched)
         model_input = features[:, list(policy.model_columns)]
         if policy.model is not None:
             scores, contrib = score(policy.model, model_input)
+            reasons = self._model_reasons(policy.model).encode(
+                model_input, contrib, top_reason_indexes(contrib, TOP_REASONS)
+            )
         else:
-            scores, contrib = np.zeros(n), None
+            scores, reasons = np.zeros(n), [b""] * n
         action = rule_action.astype(np.int64)
         action = np.where(scores >= policy.review_score, np.maximum(action, REVIEW), action)
         action = np.where(scores >= policy.block_score, BLOCK, action)
         now_ms = self.clock()
-        rows = features.tolist()
-        for i, item in enumerate(items):
-            tx = item.transaction
+        shared = Decision(
+            rules_version=policy.rules_version,
+            model_version=policy.model_version,
+            decided_at_ms=now_ms,
+        ).SerializeToString()
+        feature_bytes = self._feature_map.encode(features)
+        any_fired: list[bool] = np.any(fired, axis=1).tolist()
+        actions: list[int] = action.tolist()
+        score_list = scores.tolist()
+        encoded = result.encoded
+        for i, tx in enumerate(enriched.txs):
             decision = Decision(
                 transaction_id=tx.transaction_id,
                 customer_id=tx.customer_id,
@@ -426,28 +518,30 @@ class TerminalStage:
                 amount_minor=tx.amount_minor,
                 currency=tx.currency,
                 event_time_ms=tx.event_time_ms,
-                action=int(action[i]),  # type: ignore[arg-type]
-                score=float(scores[i]),
-                features=dict(zip(ALL_FEATURES, rows[i], strict=True)),
-                rules_fired=fired_ids(policy.rules, fired[i]),
-                rules_version=policy.rules_version,
-                model_version=policy.model_version,
-                ingested_at_ms=item.ingested_at_ms,
-                decided_at_ms=now_ms,
-                source_topic=item.source_topic,
-                source_partition=item.source_partition,
-                source_offset=item.source_offset,
-                source_index=item.source_index,
+                action=actions[i],  # type: ignore[arg-type]
+                score=score_list[i],
+                ingested_at_ms=enriched.ingested_at_ms[i],
+                source_topic=enriched.source_topics[i],
+                source_partition=enriched.source_partitions[i],
+                source_offset=enriched.source_offsets[i],
+                source_index=enriched.source_indexes[i],
             )
-            for rule_id in decision.rules_fired:
-                decision.reasons.append(Reason(code=f"RULE:{rule_id}"))
-            if policy.model is not None and contrib is not None:
-                for name, value, contribution in top_reasons(
-                    policy.model, model_input[i], contrib[i], k=3
-                ):
-                    decision.reasons.append(
-                        Reason(code="MODEL", feature=name, value=value, contribution=contribution)
-                    )
-            result.decisions.append(decision)
-            if action[i] != ALLOW:
-                result.alerts.append(alert_for(decision, now_ms))
+            if any_fired[i]:
+                ids = fired_ids(policy.rules, fired[i])
+                decision.rules_fired.extend(ids)
+                decision.reasons.extend(Reason(code=f"RULE:{rule_id}") for rule_id in ids)
+            encoded.append(decision.SerializeToString() + shared + feature_bytes[i] + reasons[i])
+            result.keys.append(tx.customer_id.encode())
+            result.event_times.append(tx.event_time_ms)
+            result.ingested.append(enriched.ingested_at_ms[i])
+            if actions[i] != ALLOW:
+                result.alerts.append(alert_for(Decision.FromString(encoded[-1]), now_ms))
+        for a in actions:
+            result.action_counts[a] = result.action_counts.get(a, 0) + 1
+        result.decided_at_ms = now_ms
+
+    def _model_reasons(self, model: ModelTable) -> ModelReasonEncoder:
+        if self._reasons_for is not model:
+            self._reason_encoder = ModelReasonEncoder(model.feature_names)
+            self._reasons_for = model
+        return self._reason_encoder

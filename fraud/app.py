@@ -26,14 +26,20 @@ from fraud.agents.emitter import KafkaEmitter
 from fraud.agents.table_store import FaustTableStore
 from fraud.agents.transport import LowLatencyTransport
 from fraud.agents.watermarks import LabelWatermarks
-from fraud.batching import CONTRACT_HEADER, ENRICHED_BATCH, contract_of, group_by_partition
+from fraud.batching import (
+    CONTRACT_HEADER,
+    ENRICHED_BATCH,
+    contract_of,
+    group_by_partition,
+    partition_for,
+)
 from fraud.broker import TopicSpec
 from fraud.contracts import dead_letter_headers
 from fraud.customer import CustomerConfig
 from fraud.metrics import WorkerMetrics, worker_metrics
 from fraud.pipeline import RawRecord
 from fraud.settings import Settings
-from fraud.stages import CustomerStage, Policy, TerminalStage
+from fraud.stages import CustomerStage, Enriched, Policy, TerminalResult, TerminalStage
 from fraud.terminal import TerminalConfig
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.enriched_pb2 import EnrichedBatch
@@ -191,6 +197,9 @@ def create_app(
         loop's own thread saved GIL hand-offs at 500 tx/s but measured worse at 1,000 tx/s:
         p50 58 ms against 38 ms.)"""
         offsets = await asyncio.get_running_loop().run_in_executor(flusher, emitter.flush)
+        for (topic, partition), offset in offsets.items():
+            if topic == repartition:
+                hop_sent[partition] = offset
         customer_store.on_changelog_offsets(offsets)
         terminal_store.on_changelog_offsets(offsets)
 
@@ -210,10 +219,56 @@ def create_app(
             if tp.topic == names.transactions
         }
 
+    # The repartition hop, tracked to know when it may be skipped: the next offset the terminal
+    # agent has processed on each by-terminal partition, and the offset of the last record this
+    # worker sent there (from the emitter's delivery reports).
+    hop_processed: dict[int, int] = {}
+    hop_sent: dict[int, int] = {}
+
+    def single_stage() -> bool:
+        """Run the terminal stage in line, skipping the repartition topic: when this worker owns
+        every partition of the transactions, by-terminal and labels topics (so every terminal's
+        state is here) and every record on the repartition topic has been processed (so no
+        terminal sees its transactions out of order). A rebalance that takes a partition away
+        turns the hop back on."""
+        if not settings.single_stage:
+            return False
+        owned: dict[str, set[int]] = {}
+        for tp in app.consumer.assignment():
+            owned.setdefault(tp.topic, set()).add(tp.partition)
+        every = set(range(settings.partitions))
+        if any(
+            owned.get(t, set()) != every for t in (names.transactions, repartition, names.labels)
+        ):
+            return False
+        for p in every:
+            done = hop_processed.get(p)
+            if p in hop_sent and (done is None or done <= hop_sent[p]):
+                return False
+            if not position(TP(repartition, p)).caught_up(done):
+                return False
+        return True
+
+    async def decide(result: TerminalResult, dead: Sequence[DeadLetter]) -> None:
+        """Emit a terminal-stage result and deliver everything queued."""
+        metrics.record_actions(result.action_counts)
+        metrics.record_latencies(result.decided_at_ms, result.event_times, result.ingested)
+        metrics.record_alerts(result.alerts)
+        for key, value in zip(result.keys, result.encoded, strict=True):
+            emitter.send(names.decisions, key, value)
+        for alert in result.alerts:
+            emitter.send(
+                names.alerts, alert.decision.customer_id.encode(), alert.SerializeToString()
+            )
+        send_dead([*dead, *result.dead_letters])
+        await deliver()
+
     async def release(always_deliver: bool) -> None:
-        """Enrich and pass on what the alignment releases, then acknowledge it."""
+        """Enrich and pass on (or decide in line) what the alignment releases, then
+        acknowledge it."""
         async with align_lock:
             items = aligner.release(positions())
+            decided = False
             if items:
                 started = time.perf_counter()
                 result = customers.process_parsed(
@@ -221,19 +276,29 @@ def create_app(
                     [rec for _, rec, _, _ in items],
                     [index for _, _, index, _ in items],
                 )
-                enriched = result.enriched
-                for partition, group in group_by_partition(
-                    enriched, [e.transaction.terminal_id for e in enriched], settings.partitions
-                ):
-                    emitter.send(
-                        repartition,
-                        None,
-                        EnrichedBatch(items=group).SerializeToString(),
-                        partition=partition,
-                        headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
-                    )
                 metrics.record_batch("customer", len(items), time.perf_counter() - started)
-            if items or always_deliver:
+                if single_stage():
+                    columns = result.columns
+                    parts = [
+                        partition_for(tx.terminal_id, settings.partitions) for tx in columns.txs
+                    ]
+                    await terminal_step(columns, parts, [])
+                    decided = True
+                else:
+                    enriched = result.enriched
+                    metrics.repartitioned.inc(len(enriched))
+                    for partition, group in group_by_partition(
+                        enriched, [e.transaction.terminal_id for e in enriched], settings.partitions
+                    ):
+                        emitter.send(
+                            repartition,
+                            None,
+                            EnrichedBatch(items=group).SerializeToString(),
+                            partition=partition,
+                            headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
+                            track_offset=True,
+                        )
+            if (items and not decided) or always_deliver:
                 await deliver()
             for _, _, _, event in items:
                 event.ack()
@@ -283,32 +348,36 @@ def create_app(
                 watermarks.advance(rec.partition, time_ms, rec.offset)
             yield None
 
+    async def terminal_step(
+        columns: Enriched, parts: Sequence[int], dead: Sequence[DeadLetter]
+    ) -> None:
+        """Wait for the labels up to these transactions' times, then decide and deliver."""
+        needs: dict[int, int] = {}
+        for tx, partition in zip(columns.txs, parts, strict=True):
+            t = tx.event_time_ms
+            if t > needs.get(partition, -(2**63)):
+                needs[partition] = t
+        if needs:
+            await watermarks.wait(needs)
+        started = time.perf_counter()
+        result = terminals.process_enriched(columns, parts)
+        metrics.record_batch("terminal", len(columns), time.perf_counter() - started)
+        await decide(result, dead)
+
     @app.agent(by_terminal, name="terminals")
     async def terminal_agent(stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            items, dead = terminals.decode(_records(events))
-            needs: dict[int, int] = {}
-            for item, partition in items:
-                t = item.transaction.event_time_ms
-                if t > needs.get(partition, -(2**63)):
-                    needs[partition] = t
-            if needs:
-                await watermarks.wait(needs)
-            started = time.perf_counter()
-            result = terminals.process_decoded(items)
-            metrics.record_batch("terminal", len(items), time.perf_counter() - started)
-            metrics.record_decisions(result.decisions, wall_ms())
-            metrics.record_alerts(result.alerts)
-            for decision in result.decisions:
-                emitter.send(
-                    names.decisions, decision.customer_id.encode(), decision.SerializeToString()
+            records = _records(events)
+            items, dead = terminals.decode(records)
+            await terminal_step(
+                Enriched.from_messages([item for item, _ in items]),
+                [partition for _, partition in items],
+                dead,
+            )
+            for rec in records:
+                hop_processed[rec.partition] = max(
+                    hop_processed.get(rec.partition, 0), rec.offset + 1
                 )
-            for alert in result.alerts:
-                emitter.send(
-                    names.alerts, alert.decision.customer_id.encode(), alert.SerializeToString()
-                )
-            send_dead([*dead, *result.dead_letters])
-            await deliver()
             yield None
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]

@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait of the terminal stage for labels up to a transaction's time "
         "(env FRAUD_LABEL_WAIT_MS; default %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--two-stage", action="store_true",
+        help="always pass transactions from the customer stage to the terminal stage over the "
+        "repartition topic; by default a worker that owns every partition decides in line and "
+        "skips that hop (env FRAUD_SINGLE_STAGE=0 does the same)",
+    )  # fmt: skip
     p.add_argument("--rules", type=Path, help="decision table (CSV; default tables/rules/v1.csv)")
     p.add_argument("--model", type=Path, help="model table (JSON); default: rules only")
     _add_metrics(p)
@@ -508,10 +514,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from fraud.worker import run_worker
 
+    base = _settings(args)
     settings = dataclasses.replace(
-        _settings(args),
+        base,
         web_port=args.web_port or None,
         label_wait_ms=args.label_wait_ms,
+        single_stage=base.single_stage and not args.two_stage,
         model_path=args.model,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,

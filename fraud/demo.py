@@ -186,6 +186,7 @@ def worker_process(
         "--label-wait-ms", str(settings.label_wait_ms),
         *([] if settings.metrics_port is None else ["--metrics-port", str(settings.metrics_port)]),
         *([] if settings.model_path is None else ["--model", str(settings.model_path)]),
+        *([] if settings.single_stage else ["--two-stage"]),
     ]  # fmt: skip
     return managed_process("worker", args, workdir / "worker.log", say, ready, timeout_s)
 

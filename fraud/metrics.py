@@ -19,7 +19,8 @@ with ``serve_metrics(port)``::
     started = time.perf_counter()
     result = stage.process(records)
     metrics.record_batch("terminal", len(records), time.perf_counter() - started)
-    metrics.record_decisions(result.decisions, now_ms)
+    metrics.record_actions(result.action_counts)
+    metrics.record_latencies(result.decided_at_ms, result.event_times, result.ingested)
     metrics.record_alerts(result.alerts)
     metrics.record_dead_letters(result.dead_letters)
 
@@ -241,6 +242,10 @@ class WorkerMetrics:
         self.batch_size = _histogram(
             r, "fraud_batch_size_records", "Records in one batch, by stage",
             ["stage"], BATCH_SIZE_BUCKETS,
+        )  # fmt: skip
+        self.repartitioned = _counter(
+            r, "fraud_repartitioned_transactions_total",
+            "Transactions sent over the repartition topic (not decided in line: fraud/app.py)",
         )  # fmt: skip
         self.table_keys = _gauge(r, "fraud_table_keys", "Keys in each state table", ["table"])
         self.consumer_lag = _gauge(

@@ -65,6 +65,9 @@ class Settings:
     align_slack_ms: int = 3_600_000
     align_idle_ms: int = 5_000
     align_max_held: int = 50_000
+    # Decide in the customer agent, skipping the repartition topic, while this worker owns
+    # every partition (fraud/app.py: single_stage); off: always two stages.
+    single_stage: bool = True
     # Decision table and model table (None: no model, the rules decide alone).
     rules_path: Path = Path(__file__).resolve().parent.parent / "tables" / "rules" / "v1.csv"
     model_path: Path | None = None
@@ -98,6 +101,7 @@ class Settings:
             "replication_factor": _int(env, "FRAUD_REPLICATION_FACTOR"),
             "data_dir": Path(env["FRAUD_DATA_DIR"]) if env.get("FRAUD_DATA_DIR") else None,
             "label_wait_ms": _int(env, "FRAUD_LABEL_WAIT_MS"),
+            "single_stage": _bool(env, "FRAUD_SINGLE_STAGE"),
         }
         return base.with_overrides(**changes)
 
@@ -110,3 +114,14 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")

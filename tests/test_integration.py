@@ -143,17 +143,19 @@ def test_replay_gives_one_exact_decision_per_transaction(
     assert all(lab.event_time_ms - lab.transaction_time_ms == 7 * DAY_MS for lab in labels)
 
 
-@pytest.mark.parametrize("batch", [1, 250])
+@pytest.mark.parametrize(("batch", "single_stage"), [(1, True), (250, True), (250, False)])
 def test_a_backlog_replayed_at_full_speed_gives_exact_features(
-    settings: Settings, tmp_path: Path, batch: int
+    settings: Settings, tmp_path: Path, batch: int, single_stage: bool
 ) -> None:
     """The whole labelled file is in Kafka before the worker starts, so its customer
     partitions could run days apart; event-time alignment keeps every terminal window exact
     (with alignment off, terminal features of this file come out wrong). With ``batch``,
-    transactions travel as TransactionBatch records and only fraud labels are published."""
+    transactions travel as TransactionBatch records and only fraud labels are published.
+    A lone worker decides in line (``single_stage``) once the repartition topic is drained;
+    ``--two-stage`` sends every transaction over it."""
     sim, path = small_file(tmp_path, seed=5)
     n = len(sim)
-    settings = dataclasses.replace(settings, metrics_port=free_port())
+    settings = dataclasses.replace(settings, metrics_port=free_port(), single_stage=single_stage)
     ensure_topics(settings)
     steps = StepReplay(settings, path, tmp_path)
     stats = replay(
@@ -174,6 +176,11 @@ def test_a_backlog_replayed_at_full_speed_gives_exact_features(
     assert metrics[("fraud_alerts_total", ())] == n - actions["ALLOW"]
     assert metrics[("fraud_ingest_to_decision_seconds_count", ())] == n
     assert metrics[("fraud_labels_applied_total", ())] == stats.labels
+    hop = metrics[("fraud_repartitioned_transactions_total", ())]
+    if single_stage:
+        assert hop < n / 4, f"{hop} of {n} went over the repartition topic"
+    else:
+        assert hop == n
     if batch > 1:
         # Each decision points at its transaction inside its TransactionBatch record.
         assert max(d.source_index for d in steps.decisions) > 0

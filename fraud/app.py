@@ -249,8 +249,8 @@ def create_app(
                 return False
         return True
 
-    async def decide(result: TerminalResult, dead: Sequence[DeadLetter]) -> None:
-        """Emit a terminal-stage result and deliver everything queued."""
+    def decide(result: TerminalResult, dead: Sequence[DeadLetter]) -> None:
+        """Queue a terminal-stage result's decisions, alerts and dead letters."""
         metrics.record_actions(result.action_counts)
         metrics.record_latencies(result.decided_at_ms, result.event_times, result.ingested)
         metrics.record_alerts(result.alerts)
@@ -261,11 +261,25 @@ def create_app(
                 names.alerts, alert.decision.customer_id.encode(), alert.SerializeToString()
             )
         send_dead([*dead, *result.dead_letters])
+
+    # The delivery of the previous in-line batch, still in flight: batch k's outputs are
+    # flushed (and its messages acknowledged) while batch k+1 is processed. Its decisions are
+    # sent as soon as they are made; the flush only gates the acknowledgement.
+    delivering: list[asyncio.Future[None]] = []
+
+    async def deliver_then_ack(events: Sequence[Any]) -> None:
         await deliver()
+        for event in events:
+            event.ack()
+
+    async def delivered() -> None:
+        """Wait for the delivery in flight; raises its failure (the agent then stops)."""
+        if delivering:
+            await delivering.pop()
 
     async def release(always_deliver: bool) -> None:
         """Enrich and pass on (or decide in line) what the alignment releases, then
-        acknowledge it."""
+        acknowledge it once its outputs are delivered."""
         async with align_lock:
             items = aligner.release(positions())
             decided = False
@@ -298,10 +312,12 @@ def create_app(
                             headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
                             track_offset=True,
                         )
-            if (items and not decided) or always_deliver:
-                await deliver()
-            for _, _, _, event in items:
-                event.ack()
+            events = [event for _, _, _, event in items]
+            await delivered()
+            if decided and not always_deliver:
+                delivering.append(asyncio.ensure_future(deliver_then_ack(events)))
+            elif items or always_deliver:
+                await deliver_then_ack(events)
             full = aligner.overfull()
             if full != paused:
                 if full - paused:
@@ -362,7 +378,7 @@ def create_app(
         started = time.perf_counter()
         result = terminals.process_enriched(columns, parts)
         metrics.record_batch("terminal", len(columns), time.perf_counter() - started)
-        await decide(result, dead)
+        decide(result, dead)
 
     @app.agent(by_terminal, name="terminals")
     async def terminal_agent(stream: Any) -> AsyncIterator[None]:
@@ -374,6 +390,7 @@ def create_app(
                 [partition for _, partition in items],
                 dead,
             )
+            await deliver()
             for rec in records:
                 hop_processed[rec.partition] = max(
                     hop_processed.get(rec.partition, 0), rec.offset + 1

@@ -5,7 +5,8 @@ shows up as latency instead of as a slower sender (no coordinated omission). Lat
 the scheduled send time of a transaction to the moment its Decision is read back from the
 decisions topic, measured on one clock in one process. Transactions come from the simulator
 (realistic customers, terminals and amounts) with their event time set to the send time, so
-the worker sees live traffic.
+the worker sees live traffic. Batched (``batch=True``), transactions travel as TransactionBatch
+records of what fell due within ``BATCH_WINDOW_S``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from fraud.settings import Settings
 from fraud.simulate import SimulationConfig, simulate_at_least
 from fraud.v1.decision_pb2 import Decision
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
+
+# Batched load: how long the sender lingers after the first transaction due before it sends
+# what is due as one TransactionBatch per partition, as a gateway batching requests would.
+BATCH_WINDOW_S = 0.005
 
 Say = Callable[[str], None]
 
@@ -162,6 +167,7 @@ def run_load(
     say: Say = print,
     txs: list[Transaction] | None = None,
     batch: bool = False,
+    batch_window_s: float = BATCH_WINDOW_S,
 ) -> LoadResult:
     """Send ``rate`` transactions/s for ``warmup_s + duration_s`` against a running worker;
     wait up to ``drain_s`` for the last decisions."""
@@ -186,11 +192,14 @@ def run_load(
         while i < n:
             # Sleep (never spin: the worker and the broker share this machine) until the next
             # send is due, then send everything due by now.
-            ahead = start + i * interval - time.perf_counter()
+            # Batched, the sender lingers like a gateway: it sends once the first transaction
+            # due has waited batch_window_s (that wait counts in its latency).
+            ahead = start + i * interval + (batch_window_s if batch else 0.0) - time.perf_counter()
             if ahead > 0:
                 time.sleep(ahead)
             now = time.perf_counter()
-            worst_lag = max(worst_lag, now - (start + i * interval))
+            lag = now - (start + i * interval) - (batch_window_s if batch else 0.0)
+            worst_lag = max(worst_lag, lag)
             due: list[Transaction] = []
             while i < n and start + i * interval <= now:
                 tx = txs[i]

@@ -36,6 +36,7 @@ from fraud.batching import (
 from fraud.broker import TopicSpec
 from fraud.contracts import dead_letter_headers
 from fraud.customer import CustomerConfig
+from fraud.kafka_config import high_watermarks
 from fraud.metrics import WorkerMetrics, worker_metrics
 from fraud.pipeline import RawRecord
 from fraud.settings import Settings
@@ -162,8 +163,15 @@ def create_app(
         TerminalConfig(allowed_lateness_ms=settings.allowed_lateness_ms),
     )
 
+    # High watermarks read at start, for partitions not fetched from yet: an empty partition is
+    # then known to be caught up from the first transaction (else the first batches waited for
+    # labels and for the alignment, and took the repartition hop).
+    start_highs: dict[TP, int] = {}
+
     def position(tp: TP) -> Position:
         high = app.consumer.highwater(tp)
+        if high is None:
+            high = start_highs.get(tp)
         start = _committed(app).get(tp)
         return Position(None if high is None else int(high), None if start is None else int(start))
 
@@ -425,6 +433,10 @@ def create_app(
         for tp in app.consumer.assignment():
             if tp.topic in stores:
                 stores[tp.topic].open_partition(tp.partition)
+        for (topic, partition), high in high_watermarks(
+            settings.brokers, [names.transactions, names.labels, repartition]
+        ).items():
+            start_highs[TP(topic, partition)] = high
         emitter.warm(
             [
                 names.decisions,

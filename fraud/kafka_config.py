@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 RDKAFKA_LOGGER = logging.getLogger("fraud.rdkafka")
 
@@ -56,3 +56,22 @@ def produce(
             return
         except BufferError:
             producer.poll(0.005)
+
+
+def high_watermarks(
+    brokers: str, topics: Sequence[str], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The high watermark (next offset to be written) of every partition of ``topics``."""
+    consumer = Consumer(client_config(brokers, **{"group.id": "fraud-watermarks"}))
+    try:
+        out: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            for p in meta.partitions:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout_s
+                )
+                out[(topic, p)] = int(high)
+        return out
+    finally:
+        consumer.close()

@@ -25,9 +25,9 @@ from bisect import bisect_right, insort
 from collections.abc import AsyncIterator
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from fraud.kafka_config import client_config, produce, producer_config
+from fraud.kafka_config import client_config, high_watermarks, produce, producer_config
 from fraud.settings import Settings
 
 DAY_MS = 86_400_000
@@ -200,16 +200,7 @@ def main() -> None:
 
 def end_offsets(settings: Settings, topic: str) -> int:
     """Sum of the high watermarks of ``topic``'s partitions."""
-    consumer = Consumer(client_config(settings.brokers, **{"group.id": "bench-offsets"}))
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        total = 0
-        for p in meta.partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += high
-        return total
-    finally:
-        consumer.close()
+    return sum(high_watermarks(settings.brokers, [topic]).values())
 
 
 if __name__ == "__main__":

@@ -382,15 +382,24 @@ class PolicyWatcher:
     CHECK_EVERY_S = 1.0
 
     def _run(self) -> None:
-        assignment = [TopicPartition(self.topic, 0)]
+        partition = TopicPartition(self.topic, 0)
+        with self._lock:
+            self._open().pause([partition])
         while not self._stop.is_set():
             try:
+                # One watermark request per check; the partition is resumed (and fetched) only
+                # when something new was written, so an unchanged policy costs no fetch loop.
                 with self._lock:
-                    self._open().resume(assignment)
-                while self.poll_once(0.2):
-                    pass
-                with self._lock:
-                    self._open().pause(assignment)
+                    _, high = self._open().get_watermark_offsets(partition, timeout=5.0)
+                if high > self._next_offset:
+                    with self._lock:
+                        self._open().resume([partition])
+                    # (bounded: offsets of control records are never delivered)
+                    deadline = time.monotonic() + 5.0
+                    while self._next_offset < high and time.monotonic() < deadline:
+                        self.poll_once(0.2)
+                    with self._lock:
+                        self._open().pause([partition])
             except Exception:
                 log.exception("policy watcher poll failed")
             self._stop.wait(self.CHECK_EVERY_S)

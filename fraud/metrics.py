@@ -247,6 +247,10 @@ class WorkerMetrics:
             r, "fraud_repartitioned_transactions_total",
             "Transactions sent over the repartition topic (not decided in line: fraud/app.py)",
         )  # fmt: skip
+        self.changelog_sent = _counter(
+            r, "fraud_changelog_records_total",
+            "State values sent to the tables' changelogs (one per changed key per checkpoint)",
+        )  # fmt: skip
         self.table_keys = _gauge(r, "fraud_table_keys", "Keys in each state table", ["table"])
         self.consumer_lag = _gauge(
             r, "fraud_consumer_lag_messages",

@@ -68,6 +68,12 @@ class Settings:
     align_slack_ms: int = 3_600_000
     align_idle_ms: int = 5_000
     align_max_held: int = 50_000
+    # In line (single_stage), how often changed state goes to the changelogs and the input is
+    # acknowledged: a key written several times in between is sent once. Decisions do not wait
+    # for it. Longer: less broker traffic, more input delivered again after a crash, and a
+    # larger burst per checkpoint (measured at 2,000 tx/s batched: p99 49 ms at 0.2 s, 169 ms
+    # at 1 s; a 403k-transaction replay 19,460 tx/s at 0.2 s, 21,320 at 1 s, 17-19k before).
+    checkpoint_s: float = 0.2
     # Decide in the customer agent, skipping the repartition topic, while this worker owns
     # every partition (fraud/app.py: single_stage); off: always two stages.
     single_stage: bool = True

@@ -289,11 +289,18 @@ def create_app(
         for event in events:
             event.ack()
 
+    async def checkpoint_then_ack() -> None:
+        await deliver()
+        # Cleared here, not by the waiter: close() may have acknowledged them meanwhile, and a
+        # second ack would release a TransactionBatch record whose other items are still held.
+        for event in in_flight:
+            event.ack()
+        in_flight.clear()
+
     async def delivered() -> None:
         """Wait for the delivery in flight; raises its failure (the agent then stops)."""
         if delivering:
             await delivering.pop()
-            in_flight.clear()
 
     def checkpoint_due() -> bool:
         return bool(unacked) and (
@@ -304,11 +311,10 @@ def create_app(
     def start_checkpoint() -> None:
         """Send the changed state and flush in the background, then acknowledge ``unacked``
         (call after ``delivered``)."""
-        events = list(unacked)
+        in_flight[:] = unacked
         unacked.clear()
-        in_flight[:] = events
         last_checkpoint[0] = time.monotonic()
-        delivering.append(asyncio.ensure_future(deliver_then_ack(events)))
+        delivering.append(asyncio.ensure_future(checkpoint_then_ack()))
 
     async def release(always_deliver: bool) -> None:
         """Enrich and pass on (or decide in line) what the alignment releases, then

@@ -410,9 +410,12 @@ def create_app(
             metrics.record_batch("labels", len(records), time.perf_counter() - started)
             metrics.record_labels_applied(result.labels_applied)
             send_dead(result.dead_letters)
-            await deliver()
+            # The labels are in the terminal state now: transactions waiting on them may be
+            # scored before the flush (which waits for every decision queued before it). A
+            # crash before the ack re-applies them; applying a label is idempotent.
             for rec, time_ms in zip(records, result.label_times, strict=True):
                 watermarks.advance(rec.partition, time_ms, rec.offset)
+            await deliver()
             yield None
 
     async def terminal_step(
@@ -424,8 +427,8 @@ def create_app(
             t = tx.event_time_ms
             if t > needs.get(partition, -(2**63)):
                 needs[partition] = t
-        if needs:
-            await watermarks.wait(needs)
+        if needs and not await watermarks.wait(needs):
+            metrics.label_wait_timeouts.inc()
         started = time.perf_counter()
         result = terminals.process_enriched(columns, parts)
         metrics.record_batch("terminal", len(columns), time.perf_counter() - started)

@@ -247,6 +247,11 @@ class WorkerMetrics:
             r, "fraud_repartitioned_transactions_total",
             "Transactions sent over the repartition topic (not decided in line: fraud/app.py)",
         )  # fmt: skip
+        self.label_wait_timeouts = _counter(
+            r, "fraud_label_wait_timeouts_total",
+            "Batches scored after waiting label_wait_ms for labels up to their time (their "
+            "terminal risk may miss labels still in flight)",
+        )  # fmt: skip
         self.changelog_sent = _counter(
             r, "fraud_changelog_records_total",
             "State values sent to the tables' changelogs (one per changed key per checkpoint)",

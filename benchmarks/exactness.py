@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -91,6 +92,7 @@ def main() -> None:
         steps.close()
     finally:
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the broker's log: GBs for large runs
 
     got = np.full_like(want, np.nan)
     seen = 0

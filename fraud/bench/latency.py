@@ -10,6 +10,7 @@ writes JSON and a PNG (percentile distribution, and latency per second over the 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 import uuid
@@ -82,14 +83,18 @@ def environment(
     root = Path(tempfile.mkdtemp(prefix="fraud-bench-")) if workdir is None else workdir
     base = with_bench_model(base)
     say(f"policy: rules {base.rules_path.name}, model {base.model_path or 'none'}")
-    with broker(base, embedded, root, say) as on_broker:
-        settings = fresh(on_broker, root, "bench")
-        ensure_topics(settings)
-        started = time.perf_counter()
-        with worker_process(settings, root, say):
-            ready = time.perf_counter() - started
-            say(f"worker ready in {ready:.1f} s")
-            yield Environment(settings, root, ready)
+    try:
+        with broker(base, embedded, root, say) as on_broker:
+            settings = fresh(on_broker, root, "bench")
+            ensure_topics(settings)
+            started = time.perf_counter()
+            with worker_process(settings, root, say):
+                ready = time.perf_counter() - started
+                say(f"worker ready in {ready:.1f} s")
+                yield Environment(settings, root, ready)
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)  # the broker's log and the worker's state
 
 
 def latency_row(name: str, result: LoadResult) -> dict[str, Any]:

@@ -17,6 +17,7 @@ Prints a table with the engine's figures as ratios of each limit; writes JSON an
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -143,7 +144,25 @@ def run(
     out_dir: Path = Path("benchmarks/results"),
     say: Say = print,
 ) -> dict[str, Any]:
+    """Every phase in a temporary directory, removed at the end (the replay's broker log
+    alone is about 10 GB)."""
     root = Path(tempfile.mkdtemp(prefix="fraud-bench-"))
+    try:
+        return _run(base, root, embedded, duration_s, replay_transactions, quick, out_dir, say)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(
+    base: Settings,
+    root: Path,
+    embedded: bool,
+    duration_s: float,
+    replay_transactions: int,
+    quick: bool,
+    out_dir: Path,
+    say: Say,
+) -> dict[str, Any]:
     n_limits, n_naive = (30_000, 5_000) if quick else (200_000, 20_000)
     n_replay = 60_000 if quick else replay_transactions
     rates = (

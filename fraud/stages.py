@@ -406,16 +406,16 @@ class TerminalStage:
         return result
 
     def process(self, records: Sequence[RawRecord]) -> TerminalResult:
-        items, dead = self.decode(records)
-        result = self.process_decoded(items)
+        enriched, parts, dead = self.decode(records)
+        result = self.process_enriched(enriched, parts)
         result.dead_letters[:0] = dead
         return result
 
-    def decode(
-        self, records: Sequence[RawRecord]
-    ) -> tuple[list[tuple[EnrichedTransaction, int]], list[DeadLetter]]:
-        """Decoded repartitioned transactions with their partition; the rest as dead letters."""
-        items: list[tuple[EnrichedTransaction, int]] = []
+    def decode(self, records: Sequence[RawRecord]) -> tuple[Enriched, list[int], list[DeadLetter]]:
+        """Decoded repartitioned transactions and the partition each came from; the rest as
+        dead letters."""
+        items: list[EnrichedTransaction] = []
+        parts: list[int] = []
         dead: list[DeadLetter] = []
         now_ms = self.clock()
         for rec in records:
@@ -446,15 +446,9 @@ class TerminalStage:
                         )
                     )
                     continue
-                items.append((item, rec.partition))
-        return items, dead
-
-    def process_decoded(self, decoded: Sequence[tuple[EnrichedTransaction, int]]) -> TerminalResult:
-        """Terminal features, rules, model and decision for decoded transactions."""
-        return self.process_enriched(
-            Enriched.from_messages([item for item, _ in decoded]),
-            [partition for _, partition in decoded],
-        )
+                items.append(item)
+                parts.append(rec.partition)
+        return Enriched.from_messages(items), parts, dead
 
     def process_enriched(self, enriched: Enriched, parts: Sequence[int]) -> TerminalResult:
         """Terminal features, rules, model and decision; ``parts[i]`` is the partition of the

@@ -1,15 +1,16 @@
 """Every feature of every decision, through the broker, against the batch reference.
 
     python benchmarks/exactness.py [--customers 1700] [--days 60] [--step 500]
-        [--max-speed [--batch 500]]
+        [--max-speed [--batch 500]] [--engine kafka|noida]
 
-Simulates a labelled file (with coordinates), starts an embedded broker and a worker, replays
-the file with labels 7 days after each transaction, and compares each decision's features with
-tests/batch_reference.py (computed from the definitions, in batch) to 1e-9. By default the
-replay goes in closed-loop steps (produce a step, wait for its decisions), which keeps the
-customer partitions together; --max-speed replays the whole file into Kafka before the worker
-starts, the hardest backlog: the worker's event-time alignment (fraud/agents/alignment.py) must
-keep its customer partitions together. Prints a table, writes benchmarks/results/exactness.json.
+Simulates a labelled file (with coordinates), starts a local broker (Apache Kafka, or the
+emulator; --engine) and a worker, replays the file with labels 7 days after each transaction,
+and compares each decision's features with tests/batch_reference.py (computed from the
+definitions, in batch) to 1e-9. By default the replay goes in closed-loop steps (produce a step,
+wait for its decisions), which keeps the customer partitions together; --max-speed replays the
+whole file into Kafka before the worker starts, the hardest backlog: the worker's event-time
+alignment (fraud/agents/alignment.py) must keep its customer partitions together. Prints a
+table, writes benchmarks/results/exactness.json.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fraud.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
+from fraud.broker import ENGINES, choose_engine, ensure_topics, local_broker  # noqa: E402
 from fraud.demo import worker_process  # noqa: E402
 from fraud.features import ALL_FEATURES, DAY_MS  # noqa: E402
 from fraud.replay import replay  # noqa: E402
@@ -48,6 +49,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=500)
     parser.add_argument("--max-speed", action="store_true")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default=None,
+        help="local broker engine (env FRAUD_BROKER_ENGINE; default auto: Kafka where Java runs)",
+    )  # fmt: skip
     parser.add_argument(
         "--batch", type=int, default=1,
         help="with --max-speed: transactions per TransactionBatch record, and fraud labels only",
@@ -69,8 +74,9 @@ def main() -> None:
     want = batch_features(sim)
     batch_s = time.perf_counter() - started
 
-    broker = EmbeddedBroker(work / "broker", free_port())
+    broker = local_broker(choose_engine(args.engine), work / "broker")
     broker.start()
+    print(f"broker: {broker.engine} {broker.version} on {broker.bootstrap}", flush=True)
     try:
         settings = Settings(brokers=broker.bootstrap, data_dir=work / "state", web_port=None)
         ensure_topics(settings)
@@ -130,6 +136,7 @@ def main() -> None:
                 "transactions": n,
                 "decisions": seen,
                 "mode": mode,
+                "broker": {"engine": broker.engine, "version": broker.version},
                 "exact": verdict == "EXACT",
                 "features": rows,
             },

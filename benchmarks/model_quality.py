@@ -207,7 +207,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    from fraud.broker import EmbeddedBroker, ensure_topics, free_port
+    from fraud.broker import ENGINES, choose_engine, ensure_topics, local_broker
     from fraud.decision_log import read_decisions
     from fraud.demo import worker_process
     from fraud.features import ALL_FEATURES
@@ -223,6 +223,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", choices=("logistic", "trees", "both"), default="both")
     parser.add_argument("--step", type=int, default=500, help="closed-loop replay step")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default=None,
+        help="local broker engine (env FRAUD_BROKER_ENGINE; default auto: Kafka where Java runs)",
+    )  # fmt: skip
     args = parser.parse_args()
     kinds = KINDS if args.model == "both" else tuple(k for k in KINDS if k == args.model)
     started_all = time.perf_counter()
@@ -252,8 +256,9 @@ def main() -> int:
     print(f"batch features and scikit-learn: {batch_s:.0f} s", flush=True)
 
     # (a) streaming: broker + worker, then fraud train / evaluate from the topics
-    broker = EmbeddedBroker(work / "broker", free_port())
+    broker = local_broker(choose_engine(args.engine), work / "broker")
     broker.start()
+    print(f"broker: {broker.engine} {broker.version} on {broker.bootstrap}", flush=True)
     stream: dict[str, EvaluationResult] = {}
     score_diff: dict[str, float] = {}
     try:

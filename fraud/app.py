@@ -33,7 +33,7 @@ from fraud.batching import (
     group_by_partition,
     partition_for,
 )
-from fraud.broker import TopicSpec
+from fraud.broker import TopicSpec, topic_config
 from fraud.contracts import dead_letter_headers
 from fraud.customer import CustomerConfig
 from fraud.kafka_config import high_watermarks
@@ -66,7 +66,7 @@ def internal_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             by_terminal_topic(settings),
             settings.partitions,
-            {"retention.ms": str(settings.retention_ms)},
+            topic_config(settings),
         )
     ]
 
@@ -147,7 +147,14 @@ def create_app(
     by_terminal = _raw_topic(app, repartition, settings.partitions)
     labels = _raw_topic(app, names.labels, settings.partitions)
     tables = [
-        app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+        app.Table(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+            # Faust creates the changelog compacted; it keeps the settings' durability too
+            extra_topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)},
+        )
         for name in ("customer-state", "terminal-state")
     ]
     emitter = KafkaEmitter(settings.brokers)

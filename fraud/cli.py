@@ -21,7 +21,18 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from fraud.broker import BrokerError, EmbeddedBroker, ensure_topics, read_info, stop_pid
+from fraud.broker import (
+    ENGINE_ENV,
+    ENGINES,
+    BrokerError,
+    choose_engine,
+    ensure_topics,
+    kafka_version,
+    local_broker,
+    read_info,
+    stop_recorded,
+)
+from fraud.broker.process import pid_alive
 from fraud.currency import CurrencyError
 from fraud.settings import DEFAULT_BROKERS, Settings
 
@@ -56,6 +67,14 @@ def _add_kafka(p: argparse.ArgumentParser, partitions: bool = True) -> None:
             help="partitions of the input topics and state tables (env FRAUD_PARTITIONS; "
             "default %(default)s)",
         )
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", choices=ENGINES, default=None,
+        help=f"local broker: kafka (Apache Kafka, needs Java 17+), noida (the emulator) or "
+        f"auto: Kafka where it can run, else the emulator (env {ENGINE_ENV}; default auto)",
+    )  # fmt: skip
 
 
 def _port(text: str) -> int:
@@ -143,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="run everything once on an embedded broker and print a summary",
-        description="Start an embedded broker, create topics, start a worker, replay a "
+        help="run everything once on a local broker and print a summary",
+        description="Start a local broker (Apache Kafka; the noida-db emulator where Java "
+        "17+ is missing), create topics, start a worker, replay a "
         "simulated labelled file (plus a few bad messages), read every decision back, print "
         "a summary and stop everything.",
     )
@@ -158,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--external", action="store_true",
-        help="use the broker at --brokers instead of starting an embedded one",
+        help="use the cluster at --brokers instead of starting a local broker",
     )  # fmt: skip
+    _add_engine(p)
     _add_kafka(p)
 
     p = sub.add_parser(
@@ -170,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "p99, p99.9, max. throughput: the highest rate with p99 under 100 ms, a large "
         "labelled replay, and the limits measured side by side (Kafka client passthrough, a "
         "bare Faust agent, a naive one-event-at-a-time implementation). Each starts an "
-        "embedded broker (unless --external), prints a table and writes JSON and a PNG.",
+        "local broker (Apache Kafka by default; unless --external), prints a table and writes JSON "
+        "and a PNG.",
     )
     p.add_argument("which", choices=["latency", "throughput"])
     p.add_argument(
@@ -195,17 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--external", action="store_true",
-        help="use the broker at --brokers instead of starting an embedded one",
+        help="use the cluster at --brokers instead of starting a local broker",
     )  # fmt: skip
+    _add_engine(p)
     _add_kafka(p)
 
-    p = sub.add_parser("broker", help="start, stop or inspect the embedded broker")
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p = sub.add_parser(
+        "broker",
+        help="install, start, stop or inspect a local broker (Apache Kafka by default)",
+        description="A local broker in the background: Apache Kafka (KRaft, fetched once from "
+        "Maven Central by 'install' or the first 'start'; needs Java 17+ and Maven) or, where "
+        "Java is missing, the noida-db emulator. 'start --nodes 3' runs a 3-node Kafka "
+        "cluster on loopback. 'stop' is graceful (SIGTERM, then wait).",
+    )
+    p.add_argument("action", choices=["install", "start", "stop", "status"])
     p.add_argument(
         "--data-dir", type=Path, default=Path(_env("FRAUD_BROKER_DIR", ".fraud/broker") or ""),
         help="broker data directory (env FRAUD_BROKER_DIR; default %(default)s)",
     )  # fmt: skip
-    p.add_argument("--port", type=int, default=9092, help="Kafka port (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=9092, help="Kafka port of the first node (default %(default)s)"
+    )
+    p.add_argument(
+        "--nodes", type=_positive(int), default=1,
+        help="Kafka nodes (combined broker+controller) on loopback (default %(default)s)",
+    )  # fmt: skip
+    _add_engine(p)
     p.add_argument(
         "--foreground", action="store_true", help="with start: stay attached until Ctrl-C"
     )
@@ -454,7 +491,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(
         _settings(args),
-        embedded=not args.external,
+        external=args.external,
+        engine=args.engine,
         customers=args.customers,
         days=args.days,
         rate=None if args.max_speed else args.rate,
@@ -473,32 +511,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
+    if args.action == "install":
+        from fraud.broker.kafka import install
+
+        print(f"Apache Kafka {kafka_version()}: jars in {install()}")
+        return 0
     if args.action == "status":
         info = read_info(data_dir)
         if info is None:
             print(f"no broker running for {data_dir}")
             return 1
-        print(f"broker running: pid {info.pid}, bootstrap {info.bootstrap}, data dir {data_dir}")
+        print(f"broker running: {info.describe()}")
         return 0
     if args.action == "stop":
         info = read_info(data_dir)
         if info is None:
             print(f"no broker running for {data_dir}")
             return 0
-        clean = stop_pid(info.pid)
-        (data_dir / "broker.json").unlink(missing_ok=True)
+        clean = stop_recorded(info)
         print("broker stopped" if clean else "broker killed after timeout (data may be lost)")
         return 0
-    broker = EmbeddedBroker(data_dir, args.port)
+    engine = choose_engine(args.engine, say=lambda line: print(line, file=sys.stderr))
+    broker = local_broker(engine, data_dir, port=args.port, nodes=args.nodes)
     info = broker.start()
-    print(f"broker started: pid {info.pid}, bootstrap {info.bootstrap}, data dir {data_dir}")
+    print(f"broker started: {info.describe()}")
     if args.foreground:
         try:
-            while broker.pid is not None:
+            while any(pid_alive(pid) for pid in broker.pids):
                 time.sleep(1)
         except KeyboardInterrupt:
-            broker.stop()
-            print("broker stopped")
+            pass
+        broker.stop()
+        print("broker stopped")
     else:
         print(f"stop it with: fraud broker stop --data-dir {data_dir}")
     return 0
@@ -651,19 +695,22 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from fraud.bench.latency import BrokerChoice
+
     settings = _settings(args)
+    choice = BrokerChoice(external=args.external, engine=args.engine)
     if args.which == "latency":
         from fraud.bench.latency import run as run_latency
 
         run_latency(
-            settings, embedded=not args.external, rate=args.rate, duration_s=args.duration,
+            settings, choice=choice, rate=args.rate, duration_s=args.duration,
             out_dir=args.out,
         )  # fmt: skip
         return 0
     from fraud.bench.throughput import run as run_throughput
 
     run_throughput(
-        settings, embedded=not args.external, duration_s=args.duration,
+        settings, choice=choice, duration_s=args.duration,
         replay_transactions=args.replay_transactions, quick=args.quick, out_dir=args.out,
     )  # fmt: skip
     return 0

@@ -1,6 +1,7 @@
-"""``fraud demo``: the whole pipeline once, on an embedded broker, with a summary.
+"""``fraud demo``: the whole pipeline once, on a local broker, with a summary.
 
-Starts a broker (unless ``--brokers`` points at one), creates the topics, starts a worker
+Starts a broker (Apache Kafka, or the emulator where Java is missing; none with
+``external``), creates the topics, starts a worker
 process, simulates a small labelled file, replays it with a few deliberately bad messages,
 reads every decision back, prints a summary and stops everything it started.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from fraud.broker import EmbeddedBroker, ensure_topics, free_port
+from fraud.broker import broker_in_use, ensure_topics
 from fraud.local_receivers import MailCatcher, WebhookReceiver
 from fraud.replay import Pacing, ReplayStats, producer, replay
 from fraud.settings import Settings
@@ -59,6 +60,7 @@ class DemoSummary:
     webhook_latencies_ms: list[float] = field(default_factory=list)
     emails: int | None = None
     emails_expected: int = 0
+    broker: str = ""
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -70,6 +72,7 @@ class DemoSummary:
         rate = self.decisions / self.worker_seconds if self.worker_seconds > 0 else 0.0
         return [
             "fraud demo summary",
+            f"  broker              {self.broker}",
             f"  transactions in     {self.transactions:>9,}  (+ {self.labels:,} labels)",
             f"  decisions out       {self.decisions:>9,}  (one per valid transaction)",
             f"  alerts raised       {alerts:>9,}  ({by_action or 'none'}); "
@@ -258,7 +261,8 @@ def drain(consumer: Consumer, quiet_s: float, handle: Callable[[bytes], None]) -
 def run_demo(
     base: Settings,
     *,
-    embedded: bool = True,
+    external: bool = False,
+    engine: str | None = None,
     workdir: Path | None = None,
     customers: int = 200,
     days: int = 30,
@@ -273,16 +277,13 @@ def run_demo(
     root = Path(tempfile.mkdtemp(prefix="fraud-demo-")) if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary()
-    broker: EmbeddedBroker | None = None
+    brokers = contextlib.ExitStack()
     try:
-        settings = base.with_overrides(data_dir=root / "state")
-        if embedded:
-            broker = EmbeddedBroker(root / "broker", free_port())
-            broker.start()
-            settings = settings.with_overrides(brokers=broker.bootstrap)
-            say(f"broker: embedded noida-db on {broker.bootstrap} (pid {broker.pid})")
-        else:
-            say(f"broker: {settings.brokers}")
+        use = brokers.enter_context(
+            broker_in_use(base.brokers if external else None, root / "broker", engine, say=say)
+        )
+        summary.broker = use.describe()
+        settings = base.with_overrides(data_dir=root / "state", brokers=use.bootstrap)
         created = ensure_topics(settings)
         say(f"topics: {', '.join(created) if created else 'already there'}")
 
@@ -410,9 +411,7 @@ def run_demo(
                     consumer.close()
         say("worker stopped")
     finally:
-        if broker is not None:
-            clean = broker.stop()
-            say("broker stopped" + ("" if clean else " (killed after timeout)"))
+        brokers.close()
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
     summary.wall_seconds = time.monotonic() - started

@@ -8,7 +8,8 @@ after an empty fetch that came back sooner than its ``fetch_max_wait_ms``, for t
 wait but at most ``MAX_PAUSE_S``. Against a broker that long-polls (any Kafka) an empty fetch
 only returns after the wait, so the pause never applies; records arriving mid-pause are at
 most ``MAX_PAUSE_S`` late. Installed by the processes that consume with aiokafka (the worker
-through Faust, the sinks).
+through Faust, the sinks). ``counts()`` says how many empty fetches came back and how many of
+them paused (none against Kafka: tests/test_fetch_backoff.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.consumer.fetcher import Fetcher
@@ -25,6 +27,20 @@ _INSTALLED = "_fraud_empty_fetch_backoff"
 
 
 _pause_s = MAX_PAUSE_S
+
+
+@dataclass
+class Counts:
+    empty_fetches: int = 0  # fetch responses without records
+    pauses: int = 0  # of those, the ones that came back early and paused
+
+
+_counts = Counts()
+
+
+def counts() -> Counts:
+    """A copy of this process's counts since start."""
+    return Counts(_counts.empty_fetches, _counts.pauses)
 
 
 def install(max_pause_s: float | None = None) -> None:
@@ -41,8 +57,10 @@ def install(max_pause_s: float | None = None) -> None:
         started = time.monotonic()
         got_records = await original(self, assignment, node_id, request)
         if not got_records:
+            _counts.empty_fetches += 1
             left = self._fetch_max_wait_ms / 1000 - (time.monotonic() - started)
             if left > 0:
+                _counts.pauses += 1
                 # aiokafka cancels in-flight fetches on close and expects them to return
                 # (its own code returns False on cancellation); do the same.
                 with contextlib.suppress(asyncio.CancelledError):

@@ -43,9 +43,8 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from fraud.broker import BrokerError, TopicSpec, admin_client
+from fraud.broker import BrokerError, TopicSpec, admin_client, create_topics, topic_config
 from fraud.features import ALL_FEATURES
 from fraud.kafka_config import client_config, producer_config
 from fraud.model.table import ModelTable, ModelTableError, check_features, from_json
@@ -95,11 +94,10 @@ def policy_topic_spec(settings: Settings) -> TopicSpec:
     return TopicSpec(
         policy_topic(settings),
         1,
-        {
-            "cleanup.policy": "compact",
-            "retention.ms": "-1",
-            "delete.retention.ms": _LONG_MAX,
-        },
+        topic_config(
+            settings,
+            {"cleanup.policy": "compact", "retention.ms": "-1", "delete.retention.ms": _LONG_MAX},
+        ),
     )
 
 
@@ -116,15 +114,7 @@ def ensure_policy_topic(settings: Settings, timeout_s: float = 10.0) -> bool:
             return False
     except KafkaException as exc:
         raise BrokerError(f"cannot reach Kafka at {settings.brokers}: {exc}") from None
-    new = NewTopic(spec.name, spec.partitions, settings.replication_factor, config=spec.config)
-    future = admin.create_topics([new], operation_timeout=timeout_s)[spec.name]
-    try:
-        future.result()
-    except KafkaException as exc:
-        if "TOPIC_ALREADY_EXISTS" in str(exc):
-            return False
-        raise BrokerError(f"cannot create topic {spec.name!r}: {exc}") from None
-    return True
+    return bool(create_topics(admin, settings, [spec], timeout_s))
 
 
 # Validation (the same for the publisher and the watcher)

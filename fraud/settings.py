@@ -34,7 +34,7 @@ class Settings:
 
     Environment fallbacks (used by the CLI and the Dockerfile): KAFKA_BOOTSTRAP,
     FRAUD_PARTITIONS, FRAUD_DATA_DIR, FRAUD_APP_ID, FRAUD_TOPIC_PREFIX,
-    FRAUD_REPLICATION_FACTOR, FRAUD_LABEL_WAIT_MS.
+    FRAUD_REPLICATION_FACTOR, FRAUD_MIN_INSYNC_REPLICAS, FRAUD_LABEL_WAIT_MS.
     """
 
     brokers: str = DEFAULT_BROKERS
@@ -42,7 +42,10 @@ class Settings:
     topic_prefix: str = ""
     # Partition count of the input topics and of the state tables (they must agree).
     partitions: int = 4
+    # Replicas of each topic the engine creates, and how many must acknowledge a write
+    # (min.insync.replicas; 2 with 3 replicas keeps acks=all writes going with a node down).
     replication_factor: int = 1
+    min_insync_replicas: int = 1
     # Retention of the topics we create; -1 keeps records forever. Replayed history carries
     # its event time in the payload, and records get the wall-clock time as Kafka timestamp,
     # so time-based retention never deletes a replayed record before it is processed.
@@ -108,6 +111,7 @@ class Settings:
             "topic_prefix": env.get("FRAUD_TOPIC_PREFIX"),
             "partitions": _int(env, "FRAUD_PARTITIONS"),
             "replication_factor": _int(env, "FRAUD_REPLICATION_FACTOR"),
+            "min_insync_replicas": _int(env, "FRAUD_MIN_INSYNC_REPLICAS"),
             "data_dir": Path(env["FRAUD_DATA_DIR"]) if env.get("FRAUD_DATA_DIR") else None,
             "label_wait_ms": _int(env, "FRAUD_LABEL_WAIT_MS"),
             "single_stage": _bool(env, "FRAUD_SINGLE_STAGE"),

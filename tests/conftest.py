@@ -1,7 +1,14 @@
-"""Shared fixtures: one embedded broker per session (or a real cluster via KAFKA_BOOTSTRAP)."""
+"""Shared fixtures: one local broker per session (or a user's cluster via KAFKA_BOOTSTRAP).
+
+The engine is Apache Kafka where Java 17+ runs (installed from Maven Central on first use),
+else the noida-db emulator; ``FRAUD_BROKER_ENGINE=kafka|noida`` forces one (``.ci/run`` forces
+Kafka, so a broken install fails CI instead of falling back). The header of the test report
+says which engine runs.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -9,23 +16,45 @@ from pathlib import Path
 
 import pytest
 
-from fraud.broker import EmbeddedBroker, free_port
+from fraud.broker import choose_engine, local_broker
+from fraud.broker.running import engine_title
 from fraud.settings import Settings
 
 
+@functools.cache
+def _engine() -> tuple[str, tuple[str, ...]]:
+    """The session's engine, chosen once, and the fallback line if there was one."""
+    notes: list[str] = []
+    return choose_engine(say=notes.append), tuple(notes)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        return [f"broker: external cluster at {os.environ['KAFKA_BOOTSTRAP']}"]
+    engine, notes = _engine()
+    return [*notes, f"broker: {engine_title(engine)} (started once for the session)"]
+
+
 @pytest.fixture(scope="session")
-def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap servers: KAFKA_BOOTSTRAP when set (a real cluster), else an embedded broker."""
+def broker_engine() -> str:
+    """``kafka`` or ``noida``: the engine of the session's broker (``external`` for a cluster
+    given by KAFKA_BOOTSTRAP)."""
+    return "external" if os.environ.get("KAFKA_BOOTSTRAP") else _engine()[0]
+
+
+@pytest.fixture(scope="session")
+def brokers(tmp_path_factory: pytest.TempPathFactory, broker_engine: str) -> Iterator[str]:
+    """Bootstrap servers: KAFKA_BOOTSTRAP when set (a real cluster), else a local broker."""
     external = os.environ.get("KAFKA_BOOTSTRAP")
     if external:
         yield external
         return
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("broker"), free_port())
+    broker = local_broker(broker_engine, tmp_path_factory.mktemp("broker"), say=print)
     broker.start()
     try:
         yield broker.bootstrap
     finally:
-        assert broker.stop(), "the embedded broker had to be killed"
+        assert broker.stop(), "the session's broker had to be killed"
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud.bench.latency import environment
+from fraud.bench.latency import BrokerChoice, environment
 from fraud.bench.limits import NaiveFeatures
 from fraud.bench.load import run_load
 from fraud.bench.report import LatencyRecorder, plot_latency, table, write_json
@@ -58,7 +58,7 @@ def test_naive_features_follow_the_definitions() -> None:
 
 @pytest.mark.integration
 def test_open_loop_load_decides_and_times_every_transaction(settings: Settings) -> None:
-    with environment(settings, embedded=False, say=print) as env:
+    with environment(settings, BrokerChoice(external=True), say=print) as env:
         result = run_load(env.settings, 200, 2.0, warmup_s=1.0, customers=50, say=print)
         batched = run_load(env.settings, 200, 1.0, warmup_s=0.5, customers=50, batch=True)
     assert result.sent == 600 and result.received == 600

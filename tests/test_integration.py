@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraud.broker import ensure_topics, free_port, read_info
+from fraud.broker import ensure_topics, free_port
 from fraud.demo import worker_process
 from fraud.features import ALL_FEATURES, DAY_MS
 from fraud.reference.rules import reference_evaluate_many
@@ -336,36 +336,6 @@ def test_replay_paced_by_event_time(settings: Settings, tmp_path: Path) -> None:
     assert slept == pytest.approx([1.0] * 5)
     got = read_topic(settings, settings.topic_names.transactions, Transaction, 6)
     assert sorted(tx.transaction_id for tx, _ in got) == [f"p{i}" for i in range(6)]
-
-
-def test_broker_command_start_status_stop(tmp_path: Path) -> None:
-    data = tmp_path / "b"
-    port = str(free_port())
-    base = [sys.executable, "-m", "fraud", "broker"]
-    started = subprocess.run(
-        [*base, "start", "--data-dir", str(data), "--port", port],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stderr
-        status = subprocess.run(
-            [*base, "status", "--data-dir", str(data)], capture_output=True, text=True, check=False
-        )
-        assert status.returncode == 0
-        assert f"127.0.0.1:{port}" in status.stdout
-        again = subprocess.run(
-            [*base, "start", "--data-dir", str(data), "--port", port],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert again.returncode == 1
-        assert "already runs" in again.stderr
-    finally:
-        stopped = subprocess.run(
-            [*base, "stop", "--data-dir", str(data)], capture_output=True, text=True, check=False
-        )
-    assert "broker stopped" in stopped.stdout
-    assert read_info(data) is None
-    assert (data / "kafka.json").exists(), "the broker saved its data on the way out"
 
 
 def test_rules_and_model_swap_in_a_running_worker(settings: Settings, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """``fraud bench latency``: end-to-end decision latency at a fixed rate, open loop.
 
-Starts an embedded broker (or uses ``--brokers``), creates fresh topics, starts one worker
+Starts a local broker (Apache Kafka, or the emulator; or uses ``--brokers`` with
+``--external``), creates fresh topics, starts one worker
 process (full feature set, the decision table, and the model when ``--model`` is given), waits
 until it is ready, then sends transactions at ``--rate`` for ``--duration`` seconds after a
 warm-up and reads every Decision back (fraud.bench.load). Prints p50/p90/p99/p99.9/max, and
@@ -21,7 +22,7 @@ from typing import Any
 
 from fraud.bench.load import LoadResult, run_load
 from fraud.bench.report import machine, plot_latency, table, write_json
-from fraud.broker import EmbeddedBroker, ensure_topics, free_port
+from fraud.broker import BrokerInUse, broker_in_use, ensure_topics
 from fraud.demo import worker_process
 from fraud.settings import Settings
 
@@ -39,23 +40,35 @@ class Environment:
     settings: Settings
     workdir: Path
     worker_ready_s: float
+    broker: BrokerInUse
+
+
+@dataclass(frozen=True)
+class BrokerChoice:
+    """Where a benchmark runs: the cluster at the settings' brokers (``external``), or a
+    fresh local broker of ``engine`` per phase (``kafka``, ``noida``, None for auto)."""
+
+    external: bool = False
+    engine: str | None = None
+
+
+LOCAL_BROKER = BrokerChoice()
 
 
 @contextlib.contextmanager
-def broker(base: Settings, embedded: bool, root: Path, say: Say) -> Iterator[Settings]:
-    """``base`` on a fresh embedded broker under ``root`` (stopped at the end), or as given."""
-    if not embedded:
-        say(f"broker: {base.brokers}")
-        yield base
-        return
+def broker(
+    base: Settings, choice: BrokerChoice, root: Path, say: Say
+) -> Iterator[tuple[Settings, BrokerInUse]]:
+    """``base`` on a fresh local broker under ``root`` (stopped at the end), or as given."""
     root.mkdir(parents=True, exist_ok=True)
-    embedded_broker = EmbeddedBroker(root / "broker", free_port())
-    embedded_broker.start()
-    say(f"broker: embedded noida-db on {embedded_broker.bootstrap}")
-    try:
-        yield base.with_overrides(brokers=embedded_broker.bootstrap)
-    finally:
-        embedded_broker.stop()
+    external = base.brokers if choice.external else None
+    with broker_in_use(external, root / "broker", choice.engine, say=say) as use:
+        yield base.with_overrides(brokers=use.bootstrap), use
+
+
+def broker_record(use: BrokerInUse) -> dict[str, str]:
+    """The broker of a run, as the JSON of every benchmark records it."""
+    return {"engine": use.engine, "version": use.version, "bootstrap": use.bootstrap}
 
 
 def fresh(settings: Settings, root: Path, name: str) -> Settings:
@@ -77,21 +90,22 @@ def with_bench_model(settings: Settings) -> Settings:
 
 @contextlib.contextmanager
 def environment(
-    base: Settings, embedded: bool, say: Say, workdir: Path | None = None
+    base: Settings, choice: BrokerChoice, say: Say, workdir: Path | None = None
 ) -> Iterator[Environment]:
-    """A broker (embedded unless told otherwise), fresh topics, and one ready worker."""
+    """A broker (a local one unless ``choice`` is external), fresh topics, and one ready
+    worker."""
     root = Path(tempfile.mkdtemp(prefix="fraud-bench-")) if workdir is None else workdir
     base = with_bench_model(base)
     say(f"policy: rules {base.rules_path.name}, model {base.model_path or 'none'}")
     try:
-        with broker(base, embedded, root, say) as on_broker:
+        with broker(base, choice, root, say) as (on_broker, use):
             settings = fresh(on_broker, root, "bench")
             ensure_topics(settings)
             started = time.perf_counter()
             with worker_process(settings, root, say):
                 ready = time.perf_counter() - started
                 say(f"worker ready in {ready:.1f} s")
-                yield Environment(settings, root, ready)
+                yield Environment(settings, root, ready, use)
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)  # the broker's log and the worker's state
@@ -129,7 +143,7 @@ def latency_cells(row: dict[str, Any]) -> list[Any]:
 def run(
     base: Settings,
     *,
-    embedded: bool = True,
+    choice: BrokerChoice = LOCAL_BROKER,
     rate: float = 2000.0,
     duration_s: float = 30.0,
     warmup_s: float = 5.0,
@@ -137,7 +151,7 @@ def run(
     out_dir: Path = Path("benchmarks/results"),
     say: Say = print,
 ) -> dict[str, Any]:
-    with environment(base, embedded, say) as env:
+    with environment(base, choice, say) as env:
         say(f"open-loop load: {rate:,.0f} tx/s for {warmup_s:.0f} s warm-up + {duration_s:.0f} s")
         result = run_load(
             env.settings, rate, duration_s, warmup_s=warmup_s, customers=customers, say=say
@@ -169,7 +183,7 @@ def run(
     data = {
         "benchmark": "latency",
         "machine": host,
-        "broker": "embedded noida-db" if embedded else base.brokers,
+        "broker": broker_record(env.broker),
         "worker_ready_s": env.worker_ready_s,
         "result": row,
         "targets": {name: {"met": ok, "value": value} for name, ok, value in checks},

@@ -1,6 +1,6 @@
 """``fraud bench throughput``: how many transactions one worker holds, against its limits.
 
-In one run, on one broker (embedded unless ``--external``):
+In one run, on one broker engine (a fresh local broker per phase unless ``--external``):
 
 1. limits (fraud.bench.limits): confluent-kafka passthrough, a bare Faust agent, a naive
    one-event-at-a-time implementation, each over the same transactions;
@@ -25,11 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fraud.bench.latency import broker, environment, fresh, with_bench_model
+from fraud.bench import usage
+from fraud.bench.latency import (
+    LOCAL_BROKER,
+    BrokerChoice,
+    broker,
+    broker_record,
+    environment,
+    fresh,
+    with_bench_model,
+)
 from fraud.bench.limits import end_offsets, fill, passthrough, run_child
 from fraud.bench.load import run_load, transactions
 from fraud.bench.report import machine, table, write_json
-from fraud.broker import TopicSpec, ensure_topics
+from fraud.broker import BrokerInUse, TopicSpec, ensure_topics
 from fraud.demo import worker_process
 from fraud.features import DAY_MS
 from fraud.replay import replay
@@ -66,7 +75,11 @@ def measure_limits(
     return out
 
 
-def measure_replay(settings: Settings, root: Path, n_target: int, say: Say) -> dict[str, Any]:
+def measure_replay(
+    settings: Settings, root: Path, n_target: int, say: Say, used: BrokerInUse
+) -> dict[str, Any]:
+    """The labelled replay through one running worker; the broker's CPU and peak resident
+    memory (local brokers) are measured from the start of the replay to the last decision."""
     settings = with_bench_model(settings)
     customers = max(50, round(n_target / 350))  # about 350 transactions per customer in 183 days
     started = time.perf_counter()
@@ -80,7 +93,7 @@ def measure_replay(settings: Settings, root: Path, n_target: int, say: Say) -> d
         f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
     s = fresh(settings, root, "replay")
     ensure_topics(s)
-    with worker_process(s, root, say, timeout_s=120):
+    with worker_process(s, root, say, timeout_s=120), usage.measure(used.pids) as broker_use:
         started = time.perf_counter()
         stats = replay(s, path, label_delay_ms=7 * DAY_MS, batch=500, fraud_labels_only=True)
         produced = time.perf_counter() - started
@@ -99,7 +112,13 @@ def measure_replay(settings: Settings, root: Path, n_target: int, say: Say) -> d
         raise RuntimeError(f"replay: only {done:,} of {n:,} decisions in time")
     say(f"  {n:,} decisions in {seconds:.1f} s ({n / seconds:,.0f} tx/s); the replay itself "
         f"produced for {produced:.1f} s ({stats.labels:,} fraud labels)")  # fmt: skip
-    return {"transactions": n, "seconds": seconds, "tx_per_s": n / seconds, "produce_s": produced}
+    if used.pids:
+        say(f"  broker during the replay: {broker_use.cpu_cores:.2f} cores, peak resident "
+            f"{broker_use.peak_rss_mb:,.0f} MB")  # fmt: skip
+    return {
+        "transactions": n, "seconds": seconds, "tx_per_s": n / seconds, "produce_s": produced,
+        "broker_usage": broker_use.as_dict() if used.pids else None,
+    }  # fmt: skip
 
 
 def step_rates(
@@ -109,7 +128,7 @@ def step_rates(
     noisy, so a step that misses is run once more, and the rate counts only if the repeat
     passes; both runs are kept in the result."""
     rows: list[dict[str, Any]] = []
-    with environment(settings, embedded=False, say=lambda _: None) as env:
+    with environment(settings, BrokerChoice(external=True), say=lambda _: None) as env:
         for rate in rates:
             for attempt in (1, 2):
                 # The first step warms the new worker up (5 s, as fraud bench latency does).
@@ -138,7 +157,7 @@ def step_rates(
 def run(
     base: Settings,
     *,
-    embedded: bool = True,
+    choice: BrokerChoice = LOCAL_BROKER,
     duration_s: float = 10.0,
     replay_transactions: int = 1_750_000,
     quick: bool = False,
@@ -149,7 +168,7 @@ def run(
     alone is about 10 GB)."""
     root = Path(tempfile.mkdtemp(prefix="fraud-bench-"))
     try:
-        return _run(base, root, embedded, duration_s, replay_transactions, quick, out_dir, say)
+        return _run(base, root, choice, duration_s, replay_transactions, quick, out_dir, say)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -157,7 +176,7 @@ def run(
 def _run(
     base: Settings,
     root: Path,
-    embedded: bool,
+    choice: BrokerChoice,
     duration_s: float,
     replay_transactions: int,
     quick: bool,
@@ -172,25 +191,26 @@ def _run(
         else [1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0, 16000.0]
     )
     step_s = min(duration_s, 5.0) if quick else duration_s
-    # A fresh embedded broker per phase: noida-db keeps every topic in memory (the 1.78 million
+    # A fresh broker per phase: noida-db keeps every topic in memory (the 1.78 million
     # replay alone grew it to about 18 GB with its changelogs), and one phase's backlog must
     # not slow the next.
     # The replay runs last. Run right after it, the first rate step (one record per
     # transaction, 1,000 tx/s) measured p99 154 ms, 277 ms and 448 ms in three runs, against
     # 38-41 ms in runs without a replay before; its broker leaves about 10 GB for the kernel
     # to write back after it stops. Each phase also starts with the disk synced.
-    with broker(base, embedded, root / "limits", say) as settings:
+    used: BrokerInUse
+    with broker(base, choice, root / "limits", say) as (settings, used):
         limits = measure_limits(settings, root, n_limits, n_naive, say)
     os.sync()
     say("rate steps (open loop, p99 limit 100 ms):")
-    with broker(base, embedded, root / "single", say) as settings:
+    with broker(base, choice, root / "single", say) as (settings, _):
         steps = step_rates(settings, rates, step_s, False, say)
     os.sync()
-    with broker(base, embedded, root / "batched", say) as settings:
+    with broker(base, choice, root / "batched", say) as (settings, _):
         steps += step_rates(settings, rates, step_s, True, say)
     os.sync()
-    with broker(base, embedded, root / "replay", say) as settings:
-        replayed = measure_replay(settings, root, n_replay, say)
+    with broker(base, choice, root / "replay", say) as (settings, _):
+        replayed = measure_replay(settings, root, n_replay, say, used)
     best = {
         mode: max([r["rate"] for r in steps if r["batched"] == flag and r["ok"]], default=0.0)
         for mode, flag in (("single", False), ("batched", True))
@@ -224,7 +244,7 @@ def _run(
     data = {
         "benchmark": "throughput",
         "machine": machine(),
-        "broker": "embedded noida-db" if embedded else base.brokers,
+        "broker": broker_record(used),
         "quick": quick,
         "limits": limits,
         "replay": replayed,

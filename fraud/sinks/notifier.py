@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraud import fetch_backoff
-from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics
+from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics, topic_config
 from fraud.metrics import NotifierMetrics, notifier_metrics
 from fraud.settings import Settings
 from fraud.sinks.email import EmailSender
@@ -329,8 +329,7 @@ async def run_notifier(
     for route in config.routes:
         routes.setdefault(resolve_topic(settings, route.topic), []).append(route)
     dlq = dlq_topic(settings)
-    retention = {"retention.ms": str(settings.retention_ms)}
-    await asyncio.to_thread(ensure_topics, settings, [TopicSpec(dlq, 1, retention)])
+    await asyncio.to_thread(ensure_topics, settings, [TopicSpec(dlq, 1, topic_config(settings))])
     missing = await asyncio.to_thread(_missing_topics, settings, list(routes))
     for topic in missing:
         log.warning("topic %r does not exist yet; it is picked up once created", topic)

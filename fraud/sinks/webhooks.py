@@ -60,7 +60,7 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
 from fraud import fetch_backoff
-from fraud.broker import TopicSpec, ensure_topics
+from fraud.broker import TopicSpec, ensure_topics, topic_config
 from fraud.contracts import to_json
 from fraud.metrics import EndpointMetrics, WebhookMetrics, webhook_metrics
 from fraud.settings import Settings
@@ -129,14 +129,16 @@ def retry_group_id(settings: Settings, level: int) -> str:
 
 def sink_topics(settings: Settings, policy: RetryPolicy) -> list[TopicSpec]:
     """Retry topics (``settings.partitions`` each), the DLQ and its re-drive log (1 each)."""
-    retention = {"retention.ms": str(settings.retention_ms)}
+    config = topic_config(settings)
     return [
         *(
-            TopicSpec(retry_topic(settings, level), settings.partitions, retention)
+            TopicSpec(retry_topic(settings, level), settings.partitions, config)
             for level in range(len(policy.delays))
         ),
-        TopicSpec(dlq_topic(settings), 1, retention),
-        TopicSpec(redriven_topic(settings), 1, {"cleanup.policy": "compact"}),
+        TopicSpec(dlq_topic(settings), 1, config),
+        TopicSpec(
+            redriven_topic(settings), 1, topic_config(settings, {"cleanup.policy": "compact"})
+        ),
     ]
 
 

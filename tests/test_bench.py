@@ -4,6 +4,7 @@ through the broker and a worker that checks every transaction is decided and tim
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,26 @@ def test_open_loop_load_decides_and_times_every_transaction(settings: Settings) 
     assert result.first_s is not None and result.first_s > 0
     assert sum(result.decided_by_action.values()) == 600
     assert batched.received == batched.sent == 300
+
+
+def test_usage_measures_another_process_cpu_and_memory() -> None:
+    import subprocess
+    import sys
+
+    from fraud.bench import usage
+
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "x = bytearray(64 << 20)\nwhile True: x[0] = 1"]
+    )  # fmt: skip
+    try:
+        with usage.measure([busy.pid], every_s=0.05) as used:
+            deadline = time.monotonic() + 30
+            while usage.cpu_seconds(busy.pid) < 0.5:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert used.cpu_cores > 0
+    assert used.peak_rss_mb > 64
+    assert usage.cpu_seconds(busy.pid) == 0.0  # gone

@@ -198,8 +198,7 @@ def _run(
     # transaction, 1,000 tx/s) measured p99 154 ms, 277 ms and 448 ms in three runs, against
     # 38-41 ms in runs without a replay before; its broker leaves about 10 GB for the kernel
     # to write back after it stops. Each phase also starts with the disk synced.
-    used: BrokerInUse
-    with broker(base, choice, root / "limits", say) as (settings, used):
+    with broker(base, choice, root / "limits", say) as (settings, _):
         limits = measure_limits(settings, root, n_limits, n_naive, say)
     os.sync()
     say("rate steps (open loop, p99 limit 100 ms):")
@@ -209,7 +208,7 @@ def _run(
     with broker(base, choice, root / "batched", say) as (settings, _):
         steps += step_rates(settings, rates, step_s, True, say)
     os.sync()
-    with broker(base, choice, root / "replay", say) as (settings, _):
+    with broker(base, choice, root / "replay", say) as (settings, used):
         replayed = measure_replay(settings, root, n_replay, say, used)
     best = {
         mode: max([r["rate"] for r in steps if r["batched"] == flag and r["ok"]], default=0.0)

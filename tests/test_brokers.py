@@ -27,6 +27,7 @@ from fraud.broker import (
     free_port,
     read_info,
 )
+from fraud.broker.kafka import unavailable_reason
 from fraud.kafka_config import client_config, high_watermarks, producer_config
 from fraud.policy_topic import ensure_policy_topic, policy_topic
 from fraud.replay import replay
@@ -37,11 +38,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def kafka_engine(broker_engine: str) -> None:
-    """Tests of Apache Kafka's own behaviour; on a machine without Java (the emulator
-    fallback) they cannot run. CI forces Kafka, so there they always run."""
-    if broker_engine == "noida":
-        pytest.skip("needs Apache Kafka (this session fell back to the noida-db emulator)")
+def java() -> None:
+    """Tests that start Apache Kafka themselves cannot run without Java 17+ (the emulator
+    fallback's machines). CI forces Kafka, so there they always run."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs Apache Kafka: {reason}")
+
+
+@pytest.fixture
+def session_kafka(broker_engine: str) -> None:
+    """Tests of the session's local Kafka broker (its retention check runs every 2 s)."""
+    if broker_engine != "kafka":
+        pytest.skip(f"needs the session's local Apache Kafka, not {broker_engine}")
 
 
 def _run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -164,7 +173,7 @@ def _leader(brokers: str, topic: str, partition: int) -> int:
 
 
 def test_a_three_node_cluster_keeps_every_acknowledged_write_when_a_node_is_killed(
-    tmp_path: Path, kafka_engine: None
+    tmp_path: Path, java: None
 ) -> None:
     cluster = KafkaCluster(tmp_path / "c3", nodes=3, say=print)
     cluster.start()
@@ -196,7 +205,7 @@ def test_a_three_node_cluster_keeps_every_acknowledged_write_when_a_node_is_kill
 
 
 def test_replayed_2018_history_outlives_the_default_7_day_retention(
-    settings: Settings, tmp_path: Path, kafka_engine: None
+    settings: Settings, tmp_path: Path, session_kafka: None
 ) -> None:
     """Kafka deletes by record timestamp. A record stamped 2018 in a 7-day topic is deleted at
     the next retention check (the control); the replay of 2018 transactions and labels is

@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from google.protobuf.message import DecodeError
 
 from fraud.features import ALL_FEATURES
+from fraud.kafka_config import watermark_offsets
 from fraud.settings import Settings
 from fraud.subscribe import open_consumer
 from fraud.v1.decision_pb2 import Decision
@@ -102,7 +103,7 @@ def read_topic(
     try:
         high: dict[int, int] = {}
         for partition, tp in _parts(consumer):
-            low, hi = consumer.get_watermark_offsets(tp, timeout=10)
+            low, hi = watermark_offsets(consumer, tp, 10.0)
             if hi > low:
                 high[partition] = hi
         last_seen = time.monotonic()

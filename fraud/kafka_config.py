@@ -11,12 +11,19 @@ the worker's stages rely on topics keyed by the same id landing on the same part
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 RDKAFKA_LOGGER = logging.getLogger("fraud.rdkafka")
+# Errors of a partition whose leadership is settling (not all flagged retriable by librdkafka).
+_SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 def client_config(brokers: str, **extra: Any) -> dict[str, Any]:
@@ -58,6 +65,32 @@ def produce(
             producer.poll(0.005)
 
 
+def watermark_offsets(
+    consumer: Consumer, partition: TopicPartition, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """(low, high) watermarks of ``partition``, retrying retriable errors until ``timeout_s``.
+
+    Kafka lists a new topic's leader in its metadata a moment before that broker serves the
+    partition, and a leader moves when a broker fails: the request is then answered with
+    NOT_LEADER_FOR_PARTITION (or UNKNOWN_TOPIC_OR_PART) for a while.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                partition, timeout=max(0.1, deadline - time.monotonic())
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _SETTLING
+            )
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def high_watermarks(
     brokers: str, topics: Sequence[str], timeout_s: float = 10.0
 ) -> dict[tuple[str, int], int]:
@@ -68,10 +101,9 @@ def high_watermarks(
         for topic in topics:
             meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
             for p in meta.partitions:
-                _, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=timeout_s
+                _, out[(topic, p)] = watermark_offsets(
+                    consumer, TopicPartition(topic, p), timeout_s
                 )
-                out[(topic, p)] = int(high)
         return out
     finally:
         consumer.close()

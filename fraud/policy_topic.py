@@ -46,7 +46,7 @@ from confluent_kafka import (
 
 from fraud.broker import BrokerError, TopicSpec, admin_client, create_topics, topic_config
 from fraud.features import ALL_FEATURES
-from fraud.kafka_config import client_config, producer_config
+from fraud.kafka_config import client_config, producer_config, watermark_offsets
 from fraud.model.table import ModelTable, ModelTableError, check_features, from_json
 from fraud.rules.compiled import CompiledRules, compile_rules
 from fraud.rules.table import RuleTableError, parse_rule_table
@@ -307,9 +307,7 @@ class PolicyWatcher:
         """Read up to the end of the topic as of now; returns the resulting policy."""
         consumer = self._open()
         try:
-            _, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, 0), timeout=timeout_s
-            )
+            _, high = watermark_offsets(consumer, TopicPartition(self.topic, 0), timeout_s)
         except KafkaException as exc:
             raise PolicyTopicError(f"cannot read {self.topic!r}: {exc}") from None
         deadline = time.monotonic() + timeout_s
@@ -380,7 +378,7 @@ class PolicyWatcher:
                 # One watermark request per check; the partition is resumed (and fetched) only
                 # when something new was written, so an unchanged policy costs no fetch loop.
                 with self._lock:
-                    _, high = self._open().get_watermark_offsets(partition, timeout=5.0)
+                    _, high = watermark_offsets(self._open(), partition, 5.0)
                 if high > self._next_offset:
                     with self._lock:
                         self._open().resume([partition])

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fraud.broker import (
     ENGINE_ENV,
@@ -28,6 +29,7 @@ from fraud.broker import (
 )
 from fraud.broker.kafka import dev_properties, install, install_dir, pom_path, unavailable_reason
 from fraud.broker.running import write_info
+from fraud.kafka_config import watermark_offsets
 from fraud.settings import Settings
 
 
@@ -237,3 +239,40 @@ def test_the_worker_tables_changelogs_are_compacted_with_the_settings_min_isr(
         assert topic.config == {"min.insync.replicas": "2"}
         assert topic.replicas in (None, 3)
     assert worker.app.conf.topic_replication_factor == 3
+
+
+class _SettlingConsumer:
+    """get_watermark_offsets answers ``errors`` in turn, then (3, 9)."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def get_watermark_offsets(self, partition: object, timeout: float) -> tuple[int, int]:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return 3, 9
+
+
+def test_watermarks_wait_for_a_settling_leader() -> None:
+    consumer = _SettlingConsumer(
+        KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART
+    )
+    got = watermark_offsets(consumer, TopicPartition("t", 0), 10.0)  # type: ignore[arg-type]
+    assert got == (3, 9)
+    assert consumer.calls == 3
+
+
+def test_watermarks_raise_other_errors_at_once() -> None:
+    consumer = _SettlingConsumer(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):
+        watermark_offsets(consumer, TopicPartition("t", 0), 10.0)  # type: ignore[arg-type]
+    assert consumer.calls == 1
+
+
+def test_watermarks_give_up_at_the_deadline() -> None:
+    consumer = _SettlingConsumer(*[KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+    with pytest.raises(KafkaException):
+        watermark_offsets(consumer, TopicPartition("t", 0), 0.2)  # type: ignore[arg-type]
+    assert 1 < consumer.calls < 1000

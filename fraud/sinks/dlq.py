@@ -29,7 +29,7 @@ from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from fraud.broker import ensure_topics
-from fraud.kafka_config import client_config
+from fraud.kafka_config import client_config, watermark_offsets
 from fraud.settings import Settings
 from fraud.sinks.delivery import Envelope, decode, encode
 from fraud.sinks.retry import RetryPolicy
@@ -82,7 +82,7 @@ def _read_all(settings: Settings, topic: str, timeout_s: float) -> Iterator[Mess
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
         for p in sorted(info.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = watermark_offsets(consumer, TopicPartition(topic, p), timeout_s)
             if high > low:
                 ends[p] = high
                 starts.append(TopicPartition(topic, p, low))

@@ -62,7 +62,6 @@ class Settings:
     # Late arrivals kept in window state beyond the longest window.
     allowed_lateness_ms: int = DAY_MS
     # The terminal stage waits at most this long for labels up to a transaction's event time
-    # while no unread label is known; up to 60 s while labels are known to be unread in Kafka
     # (see fraud/agents/watermarks.py).
     label_wait_ms: int = 250
     # Event-time alignment of the customer partitions (fraud/agents/alignment.py): a partition

@@ -26,7 +26,7 @@ def test_caught_up_at_the_committed_offset_before_any_label_arrives() -> None:
 
 def test_label_time_or_caught_up_makes_ready_and_wait_times_out_otherwise() -> None:
     positions = {0: Position(10)}
-    marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.05, max_lag_wait_s=0.05)
+    marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.05)
     assert not marks.ready(0, 1000)
     marks.advance(0, 1000, 3)
     assert marks.ready(0, 1000) and not marks.ready(0, 1001)
@@ -37,39 +37,3 @@ def test_label_time_or_caught_up_makes_ready_and_wait_times_out_otherwise() -> N
     assert asyncio.run(marks.wait({0: 10**12})) is True
     positions[0] = Position(None)  # unknown high watermark: only label time counts
     assert not marks.ready(0, 1001)
-
-
-def test_a_lagging_partition_is_waited_for_past_the_short_timeout() -> None:
-    """Labels known to be in Kafka but not applied yet (a busy machine): the wait outlasts
-    max_wait_s and ends on the label, not on the clock."""
-    positions = {0: Position(10)}
-    marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.01, max_lag_wait_s=60.0)
-    marks.advance(0, 1000, 3)
-    assert marks.lagging(0)
-
-    async def late_label() -> bool:
-        waiter = asyncio.ensure_future(marks.wait({0: 2000}))
-        await asyncio.sleep(0.1)  # ten times max_wait_s
-        assert not waiter.done()
-        marks.advance(0, 2000, 4)
-        return await waiter
-
-    assert asyncio.run(late_label()) is True
-    assert marks.timeouts == 0
-
-
-def test_an_idle_or_unknown_partition_times_out_after_the_short_wait() -> None:
-    positions = {0: Position(4), 1: Position(None)}
-    marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.02, max_lag_wait_s=60.0)
-    marks.advance(0, 1000, 2)  # offset 3 unread: lagging
-    assert marks.lagging(0) and not marks.lagging(1)
-    assert asyncio.run(marks.wait({1: 2000})) is False  # nothing known to read
-    assert marks.timeouts == 1
-    marks.advance(0, 1000, 3)  # all read: caught up, ready
-    assert not marks.lagging(0) and marks.ready(0, 10**12)
-
-
-def test_nothing_received_yet_lags_when_the_partition_holds_records() -> None:
-    assert LabelWatermarks(lambda p: Position(5), max_wait_s=0.01).lagging(0)
-    assert not LabelWatermarks(lambda p: Position(0), max_wait_s=0.01).lagging(0)
-    assert not LabelWatermarks(lambda p: Position(5, 5), max_wait_s=0.01).lagging(0)

@@ -37,3 +37,21 @@ def test_label_time_or_caught_up_makes_ready_and_wait_times_out_otherwise() -> N
     assert asyncio.run(marks.wait({0: 10**12})) is True
     positions[0] = Position(None)  # unknown high watermark: only label time counts
     assert not marks.ready(0, 1001)
+
+
+def test_labels_still_streaming_in_extend_the_wait() -> None:
+    """A backlog of labels read at replay speed: each label applied restarts the wait's
+    timeout, so the wait ends on the needed label, however long the stream takes."""
+    positions = {0: Position(100)}
+    marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.3)
+
+    async def stream_of_labels() -> bool:
+        waiter = asyncio.ensure_future(marks.wait({0: 40}))
+        for i in range(40):  # 40 labels, one per 20 ms: 0.8 s in all, over twice max_wait_s
+            await asyncio.sleep(0.02)
+            assert not waiter.done()
+            marks.advance(0, i + 1, i)
+        return await waiter
+
+    assert asyncio.run(stream_of_labels()) is True
+    assert marks.timeouts == 0

@@ -61,8 +61,8 @@ class Settings:
     max_future_ms: int = 2 * DAY_MS
     # Late arrivals kept in window state beyond the longest window.
     allowed_lateness_ms: int = DAY_MS
-    # The terminal stage waits at most this long for labels up to a transaction's event time
-    # (see fraud/agents/watermarks.py).
+    # The terminal stage waits for labels up to a transaction's event time until this long
+    # after the later of the wait's start and the last label applied (fraud/agents/watermarks.py).
     label_wait_ms: int = 250
     # Event-time alignment of the customer partitions (fraud/agents/alignment.py): a partition
     # may run this far ahead of the slowest one that still has a backlog; a partition that

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -34,8 +34,7 @@ def resident_bytes(pid: int) -> int:
 @dataclass
 class Usage:
     cpu_cores: float = 0.0  # average over the phase
-    peak_rss_mb: float = 0.0
-    samples: list[float] = field(default_factory=list)  # summed RSS (MB) per sample
+    peak_rss_mb: float = 0.0  # of the summed resident sets, sampled every_s
 
     def as_dict(self) -> dict[str, float]:
         return {"cpu_cores": round(self.cpu_cores, 3), "peak_rss_mb": round(self.peak_rss_mb, 1)}
@@ -49,7 +48,8 @@ def measure(pids: Sequence[int], every_s: float = 0.5) -> Iterator[Usage]:
 
     def sample() -> None:
         while True:
-            usage.samples.append(sum(resident_bytes(p) for p in pids) / 2**20)
+            rss_mb = sum(resident_bytes(p) for p in pids) / 2**20
+            usage.peak_rss_mb = max(usage.peak_rss_mb, rss_mb)
             if stop.wait(every_s):
                 return
 
@@ -64,4 +64,3 @@ def measure(pids: Sequence[int], every_s: float = 0.5) -> Iterator[Usage]:
         thread.join()
         wall = time.monotonic() - started
         usage.cpu_cores = (sum(cpu_seconds(p) for p in pids) - cpu0) / wall if wall > 0 else 0.0
-        usage.peak_rss_mb = max(usage.samples, default=0.0)

@@ -40,6 +40,7 @@ from fraud.broker.process import (
 from fraud.broker.running import BrokerInfo, forget, refuse_if_running, write_info
 
 MIN_JAVA = 17
+NO_JAVA = "java not found on PATH (Kafka 4 needs Java 17 or later)"
 LAYOUT_FILE = "cluster.json"
 Say = Callable[[str], None]
 
@@ -99,7 +100,7 @@ def unavailable_reason() -> str | None:
     until Kafka's jars are cached."""
     java = find_java()
     if java is None:
-        return "java not found on PATH (Kafka 4 needs Java 17 or later)"
+        return NO_JAVA
     major = java_major(java)
     if major < MIN_JAVA:
         return f"{java} is Java {major}; Kafka 4 needs Java {MIN_JAVA} or later"
@@ -241,7 +242,7 @@ class KafkaCluster:
     """``nodes`` combined KRaft nodes on ``host``, data under ``data_dir``.
 
     ``port`` is node 1's Kafka port (others and the controller ports are picked free and kept
-    in ``cluster.json`` for restarts). ``properties`` adds or overrides broker settings.
+    in ``cluster.json`` for restarts).
     """
 
     engine = "kafka"
@@ -252,8 +253,6 @@ class KafkaCluster:
         nodes: int = 1,
         port: int | None = None,
         host: str = "127.0.0.1",
-        heap_mb: int | None = None,
-        properties: Mapping[str, str] | None = None,
         say: Say = print,
     ) -> None:
         if nodes < 1:
@@ -262,8 +261,7 @@ class KafkaCluster:
         self.nodes = nodes
         self.host = host
         self.port = port
-        self.heap_mb = heap_mb or (1024 if nodes == 1 else 512)
-        self.properties = dict(properties or {})
+        self.heap_mb = 1024 if nodes == 1 else 512
         self.say = say
         self.version = kafka_version()
         self.layout: Layout | None = None
@@ -278,9 +276,6 @@ class KafkaCluster:
     @property
     def pids(self) -> tuple[int, ...]:
         return tuple(p.pid for p in self._procs.values())
-
-    def node_pid(self, node_id: int) -> int:
-        return self._procs[node_id].pid
 
     def node_dir(self, node_id: int) -> Path:
         return self.data_dir / f"node-{node_id}"
@@ -354,7 +349,6 @@ class KafkaCluster:
                 f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.layout.nodes
             )
         props.update(dev_properties(self.nodes))
-        props.update(self.properties)
         return props
 
     def _write_config(self, node: Node) -> None:
@@ -367,7 +361,7 @@ class KafkaCluster:
     def _java(self, libs: Path, *args: str, heap_mb: int = 256) -> list[str]:
         java = find_java()
         if java is None:
-            raise BrokerError("java not found on PATH (Kafka 4 needs Java 17 or later)")
+            raise BrokerError(NO_JAVA)
         return [java, f"-Xmx{heap_mb}m", "-cp", str(libs / "*"), *args]
 
     def _format(self, libs: Path) -> None:

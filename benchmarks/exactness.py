@@ -9,7 +9,7 @@ and compares each decision's features with tests/batch_reference.py (computed fr
 definitions, in batch) to 1e-9. By default the replay goes in closed-loop steps (produce a step,
 wait for its decisions), which keeps the customer partitions together; --max-speed replays the
 whole file into Kafka before the worker starts, the hardest backlog: the worker's event-time
-alignment (fraud/agents/alignment.py) must keep its customer partitions together. Prints a
+alignment (fraud/worker/alignment.py) must keep its customer partitions together. Prints a
 table, writes benchmarks/results/exactness.json.
 """
 
@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fraud.broker import ENGINES, choose_engine, ensure_topics, local_broker  # noqa: E402
-from fraud.demo import worker_process  # noqa: E402
-from fraud.features import ALL_FEATURES, DAY_MS  # noqa: E402
-from fraud.replay import replay  # noqa: E402
+from fraud.ingest.replay import replay  # noqa: E402
+from fraud.scoring.features import ALL_FEATURES, DAY_MS  # noqa: E402
 from fraud.settings import Settings  # noqa: E402
-from fraud.simulate import SimulationConfig, simulate, write_file  # noqa: E402
 from fraud.testing import StepReplay  # noqa: E402
+from fraud.tools.demo import worker_process  # noqa: E402
+from fraud.tools.simulate import SimulationConfig, simulate, write_file  # noqa: E402
 from tests.batch_reference import batch_features  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

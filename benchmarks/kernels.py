@@ -3,23 +3,24 @@
     python benchmarks/kernels.py [--transactions 20000] [--repeats 7]
         [--reference-transactions N] [--reference-repeats 3]
 
-A realistic stream from ``fraud.simulate`` (1,000 customers, 2,000 terminals, with coordinates,
+A realistic stream from ``fraud.tools.simulate`` (1,000 customers, 2,000 terminals, with
+coordinates,
 as many days as give ``--transactions``) goes through the worker's stages in micro-batches of
 1,000 transactions, state carried between batches as the bytes the store would keep:
 
-* customer: ``fraud.customer.update_customers`` (decoding every state, the three kernels,
+* customer: ``fraud.windows.customer.update_customers`` (decoding every state, the three kernels,
   encoding the new states: all part of the cost) vs ``fraud.reference.customer``;
 * assembly: the feature matrix (``ALL_FEATURES``) from the two state stages, numpy as in
-  ``fraud/stages.py`` vs a pure-Python loop written here (no twin in ``fraud.reference``);
+  ``fraud/scoring/stages.py`` vs a pure-Python loop written here (no twin in ``fraud.reference``);
 * terminal: each batch first applies the fraud labels known by its last event time (labels come
   7 days after their transaction, as ``fraud replay`` sends them), then its transactions: two
-  ``fraud.terminal.update_terminals`` calls, as the worker does, vs
+  ``fraud.windows.terminal.update_terminals`` calls, as the worker does, vs
   ``fraud.reference.terminal.reference_terminals_evicting`` on the same event sequence;
 * rules: ``tables/rules/v1.csv`` compiled, ``apply_rules`` vs ``reference_evaluate_many``;
 * model: a table exported from a HistGradientBoostingClassifier (100 trees, depth 3) trained on
   synthetic values of all ``ALL_FEATURES`` columns, ``fraud.model.scoring.score`` vs
   ``reference_score``; and a logistic table (``StandardScaler`` + ``LogisticRegression``, on the
-  columns that are never NaN, as ``fraud.train`` does) for comparison.
+  columns that are never NaN, as ``fraud.tools.train`` does) for comparison.
 
 Not timed: record parsing, id hashing, the state store's get/put and protobuf between stages.
 Numba is warm (each module's ``warmup()`` plus one untimed pass over the stream). Each repeat
@@ -48,10 +49,6 @@ from typing import Any
 
 import numpy as np
 
-from fraud import customer as customer_mod
-from fraud import terminal as terminal_mod
-from fraud.customer import CustomerConfig, terminal_hash, update_customers
-from fraud.features import ALL_FEATURES, amount_ratios, time_features
 from fraud.model import scoring
 from fraud.model.export import from_gradient_boosting, from_logistic
 from fraud.model.scoring import score
@@ -63,9 +60,13 @@ from fraud.reference.terminal import reference_terminals_evicting
 from fraud.rules import compiled as compiled_mod
 from fraud.rules.compiled import apply_rules, compile_rules
 from fraud.rules.table import load_rule_table
-from fraud.simulate import SimulationConfig, simulate_at_least
-from fraud.terminal import TerminalConfig, risk, tx_hash, update_terminals
-from fraud.train import NULLABLE_FEATURES
+from fraud.scoring.features import ALL_FEATURES, amount_ratios, time_features
+from fraud.tools.simulate import SimulationConfig, simulate_at_least
+from fraud.tools.train import NULLABLE_FEATURES
+from fraud.windows import customer as customer_mod
+from fraud.windows import terminal as terminal_mod
+from fraud.windows.customer import CustomerConfig, terminal_hash, update_customers
+from fraud.windows.terminal import TerminalConfig, risk, tx_hash, update_terminals
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"

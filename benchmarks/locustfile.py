@@ -2,7 +2,8 @@
 
 Each user sends, back to back (no wait: the numbers are the gateway's capacity on this machine),
 nine single-transaction requests for every bulk request of 20. Anything but a 202 counts as a
-failure. The documents come from ``fraud.gateway_load.random_document`` (every accepted form of
+failure. The documents come from ``fraud.tools.gateway_load.random_document`` (every accepted form
+of
 amount and event time, some with a location), which the tests check the gateway accepts.
 
 Headless run (locust is in the ``load`` extra)::
@@ -27,7 +28,7 @@ import time
 
 from locust import FastHttpUser, task
 
-from fraud.gateway_load import random_batch, random_document
+from fraud.tools.gateway_load import random_batch, random_document
 
 BULK_SIZE = 20
 HEADERS = {"Content-Type": "application/json"}

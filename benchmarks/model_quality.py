@@ -4,7 +4,7 @@
                                        [--model logistic|trees|both] [--step 500]
 
 Simulates a labelled file (with coordinates), then measures each model family two ways, with
-the handbook protocol of ``fraud.evaluate`` (train one week, skip a one-week delay, test the
+the handbook protocol of ``fraud.tools.evaluate`` (train one week, skip a one-week delay, test the
 following week, known-compromised cards removed; AUC ROC, average precision, CP@100). The last
 21 days of the simulation are the protocol's; the days before them warm up the windows (the
 default 58 days give 37 days of warm-up: the 30-day terminal windows, over labels 7 days old,
@@ -12,14 +12,15 @@ are full from day 37).
 
 * streaming: the file goes through an embedded broker and a worker process in closed-loop
   steps (as ``benchmarks/exactness.py``), labels 7 days after each transaction; the model is
-  trained with ``fraud.train.train_from_topics`` from the decisions and labels (what
-  ``fraud train`` runs) and evaluated with ``fraud.train.evaluate_from_topics``, which re-scores
+  trained with ``fraud.tools.train.train_from_topics`` from the decisions and labels (what
+  ``fraud train`` runs) and evaluated with ``fraud.tools.train.evaluate_from_topics``, which
+  re-scores
   the logged features with the exported model table in the numba kernel (what the worker
   scores with).
 * batch: ``tests.batch_reference.batch_features`` (the definitions, in batch) and scikit-learn
-  directly: the estimator and hyper-parameters of ``fraud/train.py`` fitted on the same
+  directly: the estimator and hyper-parameters of ``fraud/tools/train.py`` fitted on the same
   training-week rows, the test week scored with ``predict_proba``. Nothing of the engine's
-  feature pipeline or model export is used; only the metrics come from ``fraud.evaluate``.
+  feature pipeline or model export is used; only the metrics come from ``fraud.tools.evaluate``.
 
 Prints a table (model family x {streaming, batch} x {AUC, AP, CP@100}, and streaming minus
 batch), writes benchmarks/results/model_quality.json, and exits with status 1 if streaming is
@@ -48,14 +49,14 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fraud.evaluate import (  # noqa: E402
+from fraud.tools.evaluate import (  # noqa: E402
     MS_PER_DAY,
     EvaluationResult,
     evaluate,
     train_delay_test_split,
 )
-from fraud.simulate import Simulated, SimulationConfig, simulate, write_file  # noqa: E402
-from fraud.train import NULLABLE_FEATURES, TREE_PARAMS, ModelKind  # noqa: E402
+from fraud.tools.simulate import Simulated, SimulationConfig, simulate, write_file  # noqa: E402
+from fraud.tools.train import NULLABLE_FEATURES, TREE_PARAMS, ModelKind  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -70,7 +71,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("average_precision", "AP"),
     ("card_precision_at_100", "CP@100"),
 )
-# fraud/train.py fits Pipeline(StandardScaler(), LogisticRegression(max_iter=1000,
+# fraud/tools/train.py fits Pipeline(StandardScaler(), LogisticRegression(max_iter=1000,
 # random_state=seed)); its tree hyper-parameters are the TREE_PARAMS constant imported above.
 LOGISTIC_PARAMS: dict[str, Any] = {"max_iter": 1000}
 
@@ -88,7 +89,7 @@ def protocol_start_ms(sim: Simulated) -> int:
 
 
 def batch_columns(x_train: F64, names: tuple[str, ...], kind: ModelKind) -> list[int]:
-    """Columns a ``kind`` model of fraud/train.py uses, decided on the training rows.
+    """Columns a ``kind`` model of fraud/tools/train.py uses, decided on the training rows.
 
     Trees: every feature with a value in some row. Logistic (no NaN at scoring time): the
     features that are never missing, minus any with a NaN in the training rows.
@@ -208,13 +209,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     from fraud.broker import ENGINES, choose_engine, ensure_topics, local_broker
-    from fraud.decision_log import read_decisions
-    from fraud.demo import worker_process
-    from fraud.features import ALL_FEATURES
     from fraud.model.table import load_model_table
+    from fraud.scoring.features import ALL_FEATURES
     from fraud.settings import Settings
     from fraud.testing import StepReplay
-    from fraud.train import evaluate_from_topics, rescore, train_from_topics
+    from fraud.tools.decision_log import read_decisions
+    from fraud.tools.demo import worker_process
+    from fraud.tools.train import evaluate_from_topics, rescore, train_from_topics
     from tests.batch_reference import batch_features
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])

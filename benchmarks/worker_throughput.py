@@ -18,8 +18,8 @@ import platform
 import time
 from pathlib import Path
 
-from fraud.demo import DemoSummary, run_demo
 from fraud.settings import Settings
+from fraud.tools.demo import DemoSummary, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -33,7 +33,7 @@ from fraud.broker import (
     stop_recorded,
 )
 from fraud.broker.process import pid_alive
-from fraud.currency import CurrencyError
+from fraud.contracts.currency import CurrencyError
 from fraud.settings import DEFAULT_BROKERS, Settings
 
 EPILOG = "Docs: README.md. Environment: KAFKA_BOOTSTRAP sets --brokers for every command."
@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fraud.demo import run_demo
+    from fraud.tools.demo import run_demo
 
     summary = run_demo(
         _settings(args),
@@ -556,7 +556,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from fraud.worker import run_worker
+    from fraud.worker.run import run_worker
 
     base = _settings(args)
     settings = dataclasses.replace(
@@ -578,8 +578,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fraud.replay import Pacing, count_rows, replay
-    from fraud.sources import ColumnMapping, detect_mapping, open_source, parse_mapping
+    from fraud.ingest.files import ColumnMapping, detect_mapping, open_source, parse_mapping
+    from fraud.ingest.replay import Pacing, count_rows, replay
 
     settings = _settings(args)
     mapping: ColumnMapping | None = None
@@ -620,7 +620,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from fraud.subscribe import tail
+    from fraud.tools.tail import tail
 
     kind = getattr(args, "kind", "alerts")
     with contextlib.suppress(KeyboardInterrupt):
@@ -639,7 +639,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fraud.simulate import SimulationConfig, fraud_stats, simulate, write_file
+    from fraud.tools.simulate import SimulationConfig, fraud_stats, simulate, write_file
 
     config = SimulationConfig(
         n_customers=args.customers,
@@ -676,7 +676,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_notifier(args: argparse.Namespace) -> int:
     from fraud.metrics import notifier_metrics
-    from fraud.sinks.notifier import serve_notifier
+    from fraud.sinks.notify.service import serve_notifier
 
     if not args.config.is_file():
         raise CliError(f"{args.config}: no such config file")
@@ -686,7 +686,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from fraud.metrics import webhook_metrics
-    from fraud.sinks.webhooks import serve_webhooks
+    from fraud.sinks.webhooks.service import serve_webhooks
 
     if not args.subscriptions.is_file():
         raise CliError(f"{args.subscriptions}: no such subscriptions file")
@@ -695,19 +695,19 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fraud.bench.latency import BrokerChoice
+    from fraud.tools.bench.latency import BrokerChoice
 
     settings = _settings(args)
     choice = BrokerChoice(external=args.external, engine=args.engine)
     if args.which == "latency":
-        from fraud.bench.latency import run as run_latency
+        from fraud.tools.bench.latency import run as run_latency
 
         run_latency(
             settings, choice=choice, rate=args.rate, duration_s=args.duration,
             out_dir=args.out,
         )  # fmt: skip
         return 0
-    from fraud.bench.throughput import run as run_throughput
+    from fraud.tools.bench.throughput import run as run_throughput
 
     run_throughput(
         settings, choice=choice, duration_s=args.duration,
@@ -717,7 +717,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from fraud.gateway import GatewayConfig, serve_gateway
+    from fraud.ingest.gateway import GatewayConfig, serve_gateway
 
     config = GatewayConfig(
         host=args.host,
@@ -734,7 +734,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from fraud.sinks.dlq import list_dead_letters, redrive
+    from fraud.sinks.webhooks.dlq import list_dead_letters, redrive
 
     settings = _settings(args)
     if args.action == "list":
@@ -764,7 +764,7 @@ def _note(line: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fraud.train import train_from_topics
+    from fraud.tools.train import train_from_topics
 
     report = train_from_topics(
         _settings(args),
@@ -781,8 +781,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fraud.evaluate import format_result
-    from fraud.train import evaluate_from_topics
+    from fraud.tools.evaluate import format_result
+    from fraud.tools.train import evaluate_from_topics
 
     result = evaluate_from_topics(
         _settings(args),
@@ -796,7 +796,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from fraud.policy_topic import clear_model, policy_topic, publish_model, publish_rules
+    from fraud.worker.policy_topic import clear_model, policy_topic, publish_model, publish_rules
 
     settings = _settings(args)
     if args.action == "clear":
@@ -849,11 +849,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # librdkafka's connection chatter would drown the one-line error; -v shows it.
         logging.getLogger("fraud.rdkafka").setLevel(logging.CRITICAL)
-    from fraud.demo import DemoError
-    from fraud.replay import ReplayError
-    from fraud.sinks.notify import ConfigError
-    from fraud.sinks.subscriptions import SubscriptionError
-    from fraud.sources import SourceError
+    from fraud.ingest.files import SourceError
+    from fraud.ingest.replay import ReplayError
+    from fraud.sinks.notify.routing import ConfigError
+    from fraud.sinks.webhooks.subscriptions import SubscriptionError
+    from fraud.tools.demo import DemoError
 
     try:
         return COMMANDS[args.command](args)

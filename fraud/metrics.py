@@ -6,9 +6,11 @@ Metrics come in three groups, one class each, all built on a ``CollectorRegistry
 * ``WorkerMetrics``: the detection worker (transactions in, decisions, alerts, dead letters,
   latencies, batches, tables, consumer lag, labels). Its methods take whole batches and loop
   once; the worker calls them, nothing here reads Faust or Kafka.
-* ``WebhookMetrics``: the webhook sink (``fraud.sinks.webhooks``), per endpoint (subscription
+* ``WebhookMetrics``: the webhook sink (``fraud.sinks.webhooks.service``), per endpoint
+(subscription
   id, a bounded set; never the URL, which may carry tokens).
-* ``NotifierMetrics``: the notification sink (``fraud.sinks.notifier``), per route and channel.
+* ``NotifierMetrics``: the notification sink (``fraud.sinks.notify.service``), per route and
+channel.
 
 A process uses the shared instances ``worker_metrics()``, ``webhook_metrics()`` and
 ``notifier_metrics()``, created on first use on ``REGISTRY`` (prometheus_client's global
@@ -245,7 +247,7 @@ class WorkerMetrics:
         )  # fmt: skip
         self.repartitioned = _counter(
             r, "fraud_repartitioned_transactions_total",
-            "Transactions sent over the repartition topic (not decided in line: fraud/app.py)",
+            "Transactions sent over the repartition topic (not decided in line)",
         )  # fmt: skip
         self.label_wait_timeouts = _counter(
             r, "fraud_label_wait_timeouts_total",

@@ -62,9 +62,9 @@ class Settings:
     # Late arrivals kept in window state beyond the longest window.
     allowed_lateness_ms: int = DAY_MS
     # The terminal stage waits for labels up to a transaction's event time until this long
-    # after the later of the wait's start and the last label applied (fraud/agents/watermarks.py).
+    # after the later of the wait's start and the last label applied (fraud/worker/watermarks.py).
     label_wait_ms: int = 250
-    # Event-time alignment of the customer partitions (fraud/agents/alignment.py): a partition
+    # Event-time alignment of the customer partitions (fraud/worker/alignment.py): a partition
     # may run this far ahead of the slowest one that still has a backlog; a partition that
     # delivers nothing for align_idle_ms stops holding the others back; a partition holding
     # more than align_max_held transactions is paused until it drains.
@@ -78,7 +78,7 @@ class Settings:
     # at 1 s; a 403k-transaction replay 19,460 tx/s at 0.2 s, 21,320 at 1 s, 17-19k before).
     checkpoint_s: float = 0.2
     # Decide in the customer agent, skipping the repartition topic, while this worker owns
-    # every partition (fraud/app.py: single_stage); off: always two stages.
+    # every partition (fraud/worker/app.py: single_stage); off: always two stages.
     single_stage: bool = True
     # Decision table and model table (None: no model, the rules decide alone).
     rules_path: Path = Path(__file__).resolve().parent.parent / "tables" / "rules" / "v1.csv"

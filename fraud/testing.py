@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fraud.currency import exponent
-from fraud.pipeline import RawRecord
+from fraud.contracts.currency import exponent
+from fraud.contracts.records import RawRecord
 from fraud.settings import Settings
 from fraud.v1.decision_pb2 import Decision
 from fraud.v1.transaction_pb2 import Transaction
@@ -120,7 +120,7 @@ class StepReplay:
     def __init__(
         self, settings: Settings, path: Path, workdir: Path, label_delay_ms: int = 7 * 86_400_000
     ) -> None:
-        from fraud.subscribe import open_consumer
+        from fraud.tools.tail import open_consumer
 
         self.settings = settings
         self.lines = path.read_text().splitlines(keepends=True)
@@ -131,7 +131,7 @@ class StepReplay:
         self.transactions = self.labels = 0
 
     def run(self, start: int, stop: int, step: int = 50, timeout_s: float = 60.0) -> None:
-        from fraud.replay import replay
+        from fraud.ingest.replay import replay
 
         for first in range(start, stop, step):
             chunk = self.workdir / "step.csv"

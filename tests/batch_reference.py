@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from fraud.features import ALL_FEATURES
-from fraud.simulate import Simulated
+from fraud.scoring.features import ALL_FEATURES
+from fraud.tools.simulate import Simulated
 
 DAY_MS = 86_400_000
 WINDOWS = (1, 7, 30)

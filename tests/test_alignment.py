@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from fraud.agents.alignment import END_TIME, EventTimeAligner, Position
 from fraud.testing import FakeClock
+from fraud.worker.alignment import END_TIME, EventTimeAligner, Position
 
 HOUR = 3_600_000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import Producer
 
-from fraud.batching import group_by_partition, murmur2, partition_for
 from fraud.broker import TopicSpec, ensure_topics
+from fraud.contracts.partitioning import group_by_partition, murmur2, partition_for
 from fraud.kafka_config import producer_config
 from fraud.settings import Settings
 from fraud.v1.transaction_pb2 import Transaction

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fraud.bench.latency import BrokerChoice, environment
-from fraud.bench.limits import NaiveFeatures
-from fraud.bench.load import run_load
-from fraud.bench.report import LatencyRecorder, plot_latency, table, write_json
 from fraud.settings import Settings
+from fraud.tools.bench.latency import BrokerChoice, environment
+from fraud.tools.bench.limits import NaiveFeatures
+from fraud.tools.bench.load import run_load
+from fraud.tools.bench.report import LatencyRecorder, plot_latency, table, write_json
 
 DAY = 86_400_000
 
@@ -75,7 +75,7 @@ def test_usage_measures_another_process_cpu_and_memory() -> None:
     import subprocess
     import sys
 
-    from fraud.bench import usage
+    from fraud.tools.bench import usage
 
     busy = subprocess.Popen(
         [sys.executable, "-c", "x = bytearray(64 << 20)\nwhile True: x[0] = 1"]

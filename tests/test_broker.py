@@ -227,8 +227,8 @@ def test_the_worker_tables_changelogs_are_compacted_with_the_settings_min_isr(
 ) -> None:
     """Faust creates the changelog topics; their configuration comes from the settings (read
     off the app, no broker needed)."""
-    from fraud.app import create_app
-    from fraud.policy import load_policy
+    from fraud.scoring.policy import load_policy
+    from fraud.worker.app import create_app
 
     settings = Settings(data_dir=tmp_path, replication_factor=3, min_insync_replicas=2)
     worker = create_app(settings, load_policy(settings.rules_path))

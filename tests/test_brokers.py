@@ -17,7 +17,6 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
 
-from fraud import fetch_backoff
 from fraud.broker import (
     KafkaCluster,
     TopicSpec,
@@ -29,11 +28,12 @@ from fraud.broker import (
 )
 from fraud.broker.kafka import unavailable_reason
 from fraud.broker.process import pid_alive
+from fraud.ingest.replay import replay
 from fraud.kafka_config import client_config, high_watermarks, producer_config
-from fraud.policy_topic import ensure_policy_topic, policy_topic
-from fraud.replay import replay
 from fraud.settings import Settings
-from fraud.simulate import SimulationConfig, simulate, write_file
+from fraud.tools.simulate import SimulationConfig, simulate, write_file
+from fraud.worker import fetch_backoff
+from fraud.worker.policy_topic import ensure_policy_topic, policy_topic
 
 pytestmark = pytest.mark.integration
 

@@ -79,7 +79,7 @@ def test_simulate_writes_a_file_that_replay_accepts(tmp_path: Path) -> None:
     done = run("simulate", str(out), "--customers", "50", "--terminals", "200", "--days", "5")
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
-    from fraud.sources import HANDBOOK, open_source
+    from fraud.ingest.files import HANDBOOK, open_source
 
     source = open_source(out)
     assert source.mapping == HANDBOOK

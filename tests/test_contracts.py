@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud.contracts import (
+from fraud.contracts.wire import (
     MAX_ID_LENGTH,
     Rejected,
     dead_letter,

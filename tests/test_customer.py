@@ -9,7 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fraud.customer import (
+from fraud.kernels.customer import INT64_MIN, update_customer_words
+from fraud.reference.customer import haversine_km, reference_customers
+from fraud.scoring.features import amount_ratios, time_features
+from fraud.windows.customer import (
     DAY_MS,
     EXTRA_FEATURES,
     CustomerConfig,
@@ -19,9 +22,6 @@ from fraud.customer import (
     update_customers,
     warmup,
 )
-from fraud.features import amount_ratios, time_features
-from fraud.kernels.customer import INT64_MIN, update_customer_words
-from fraud.reference.customer import haversine_km, reference_customers
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]

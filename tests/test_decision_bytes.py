@@ -1,4 +1,4 @@
-"""fraud.decision_bytes against the protobuf API's own encoding and the per-row twins."""
+"""fraud.contracts.decision_bytes against the protobuf API's own encoding and the per-row twins."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from fraud.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
-from fraud.features import ALL_FEATURES
+from fraud.contracts.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
 from fraud.model.scoring import top_reasons
 from fraud.model.table import ModelTable
+from fraud.scoring.features import ALL_FEATURES
 from fraud.v1.decision_pb2 import Decision, Reason
 
 

@@ -1,4 +1,5 @@
-"""Tests for the detection-quality metrics and the train/delay/test protocol (fraud/evaluate.py)."""
+"""Tests for the detection-quality metrics and the train/delay/test protocol
+(fraud/tools/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fraud.evaluate import (
+from fraud.tools.evaluate import (
     MS_PER_DAY,
     EvaluationResult,
     average_precision,
@@ -23,7 +24,7 @@ from fraud.evaluate import (
     roc_auc,
     train_delay_test_split,
 )
-from fraud.simulate import Simulated, SimulationConfig, simulate
+from fraud.tools.simulate import Simulated, SimulationConfig, simulate
 
 CONFIG = SimulationConfig(n_customers=1000, n_terminals=2000, n_days=28, seed=5)
 

@@ -26,8 +26,8 @@ import aiohttp
 import pytest
 
 from fraud.broker import free_port
-from fraud.contracts import parse_transaction
-from fraud.gateway import (
+from fraud.contracts.wire import parse_transaction
+from fraud.ingest.gateway import (
     FIELDS,
     Gateway,
     GatewayConfig,
@@ -37,9 +37,9 @@ from fraud.gateway import (
     start_gateway,
     to_document,
 )
-from fraud.gateway_load import random_batch
 from fraud.settings import Settings
-from fraud.subscribe import open_consumer
+from fraud.tools.gateway_load import random_batch
+from fraud.tools.tail import open_consumer
 from fraud.v1.transaction_pb2 import Transaction
 
 NOW_MS = 1_764_000_000_000  # 2025-11-24T16:00:00Z
@@ -126,7 +126,7 @@ def test_location_is_optional() -> None:
 def test_to_document_round_trips_and_protobuf_json_is_accepted() -> None:
     assert parse(to_document(EXPECTED)) == EXPECTED
     assert set(to_document(EXPECTED)) <= FIELDS
-    from fraud.contracts import to_json
+    from fraud.contracts.wire import to_json
 
     assert parse(json.loads(to_json(EXPECTED))) == EXPECTED  # int64 as strings
 

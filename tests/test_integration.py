@@ -21,15 +21,15 @@ from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud.broker import ensure_topics, free_port
-from fraud.demo import worker_process
-from fraud.features import ALL_FEATURES, DAY_MS
+from fraud.ingest.replay import Pacing, replay
 from fraud.reference.rules import reference_evaluate_many
-from fraud.replay import Pacing, replay
 from fraud.rules.table import load_rule_table
+from fraud.scoring.features import ALL_FEATURES, DAY_MS
 from fraud.settings import Settings
-from fraud.simulate import Simulated, SimulationConfig, simulate, write_file
-from fraud.subscribe import open_consumer
 from fraud.testing import StepReplay
+from fraud.tools.demo import worker_process
+from fraud.tools.simulate import Simulated, SimulationConfig, simulate, write_file
+from fraud.tools.tail import open_consumer
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import ALLOW, Action, Decision
@@ -346,7 +346,7 @@ def test_rules_and_model_swap_in_a_running_worker(settings: Settings, tmp_path: 
 
     from fraud.model.export import from_gradient_boosting
     from fraud.model.table import save_model_table
-    from fraud.policy_topic import policy_topic, publish_model, publish_rules
+    from fraud.worker.policy_topic import policy_topic, publish_model, publish_rules
 
     ensure_topics(settings)
     names = settings.topic_names

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fraud.decision_log
+import fraud.tools.decision_log
 from benchmarks.model_quality import (
     KINDS,
     METRICS,
@@ -26,11 +26,11 @@ from benchmarks.model_quality import (
     protocol_start_ms,
     shortfalls,
 )
-from fraud.evaluate import EvaluationResult
-from fraud.features import ALL_FEATURES
+from fraud.scoring.features import ALL_FEATURES
 from fraud.settings import Settings
-from fraud.simulate import Simulated, SimulationConfig, simulate
-from fraud.train import ModelKind, evaluate_from_topics, train_from_topics
+from fraud.tools.evaluate import EvaluationResult
+from fraud.tools.simulate import Simulated, SimulationConfig, simulate
+from fraud.tools.train import ModelKind, evaluate_from_topics, train_from_topics
 from fraud.v1.label_pb2 import Label
 from tests.batch_reference import batch_features
 from tests.test_stages import run_stages
@@ -72,7 +72,7 @@ def settings(monkeypatch: pytest.MonkeyPatch, topics: dict[str, list[bytes]]) ->
         values = topics[topic]
         return list(values if limit is None else values[:limit])
 
-    monkeypatch.setattr(fraud.decision_log, "read_topic", read_topic)
+    monkeypatch.setattr(fraud.tools.decision_log, "read_topic", read_topic)
     return Settings()
 
 

@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 
 from fraud.broker import TopicSpec, ensure_topics, free_port
 from fraud.settings import Settings
-from fraud.sinks.notifier import NotifierStats, dlq_topic, run_notifier
+from fraud.sinks.notify.service import NotifierStats, dlq_topic, run_notifier
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision, Reason
 

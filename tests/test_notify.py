@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from fraud.settings import Settings
-from fraud.sinks.email import build_message
-from fraud.sinks.notifier import Dispatcher, serve_notifier
-from fraud.sinks.notify import (
+from fraud.sinks.notify.email import build_message
+from fraud.sinks.notify.routing import (
     ConfigError,
     Deduper,
     EventError,
@@ -30,6 +29,7 @@ from fraud.sinks.notify import (
     plan,
     render,
 )
+from fraud.sinks.notify.service import Dispatcher, serve_notifier
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision, Reason
 

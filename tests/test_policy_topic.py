@@ -12,12 +12,15 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from fraud.features import ALL_FEATURES
 from fraud.kafka_config import client_config, producer_config
 from fraud.model.export import from_gradient_boosting
 from fraud.model.table import ModelTableError, save_model_table
-from fraud.policy import load_policy
-from fraud.policy_topic import (
+from fraud.rules.table import RuleTableError
+from fraud.scoring.features import ALL_FEATURES
+from fraud.scoring.policy import load_policy
+from fraud.scoring.stages import Policy
+from fraud.settings import Settings
+from fraud.worker.policy_topic import (
     MODEL_KEY,
     RULES_KEY,
     PolicyWatcher,
@@ -28,9 +31,6 @@ from fraud.policy_topic import (
     publish_model,
     publish_rules,
 )
-from fraud.rules.table import RuleTableError
-from fraud.settings import Settings
-from fraud.stages import Policy
 
 TIMEOUT_S = 15.0
 

@@ -1,4 +1,4 @@
-"""Tests for the labelled transaction simulator (fraud/simulate.py)."""
+"""Tests for the labelled transaction simulator (fraud/tools/simulate.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fraud.simulate import (
+from fraud.tools.simulate import (
     LAT_RANGE,
     LON_RANGE,
     Simulated,
@@ -331,7 +331,7 @@ def test_config_validation(kwargs: dict[str, float]) -> None:
 def test_simulate_at_least_grows_the_days_until_there_are_enough() -> None:
     from dataclasses import replace
 
-    from fraud.simulate import SimulationConfig, simulate, simulate_at_least
+    from fraud.tools.simulate import SimulationConfig, simulate, simulate_at_least
 
     config = SimulationConfig(n_customers=50, n_terminals=100, n_days=1, seed=3)
     one_day = len(simulate(config))

@@ -28,11 +28,11 @@ from fraud import cli
 from fraud.broker import free_port
 from fraud.metrics import NotifierMetrics, WebhookMetrics, serve_metrics
 from fraud.settings import Settings
-from fraud.sinks.notifier import Dispatcher
-from fraud.sinks.notify import Notification, SendError, parse_config
+from fraud.sinks.notify.routing import Notification, SendError, parse_config
+from fraud.sinks.notify.service import Dispatcher
 from fraud.sinks.retry import RetryPolicy
-from fraud.sinks.signing import EVENT_ID_HEADER
-from fraud.sinks.webhooks import WebhookStats, run_webhooks
+from fraud.sinks.webhooks.service import WebhookStats, run_webhooks
+from fraud.sinks.webhooks.signing import EVENT_ID_HEADER
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision
 

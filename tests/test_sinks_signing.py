@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from fraud.sinks.signing import (
+from fraud.sinks.webhooks.signing import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

@@ -1,4 +1,4 @@
-"""Tests for fraud.sources: reading transaction files into Transactions and labels."""
+"""Tests for fraud.ingest.files: reading transaction files into Transactions and labels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud.sources import (
+from fraud.ingest.files import (
     HANDBOOK,
     ColumnMapping,
     Row,

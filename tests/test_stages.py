@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fraud.features import ALL_FEATURES
-from fraud.pipeline import RawRecord
-from fraud.policy import load_policy
+from fraud.contracts.records import RawRecord
+from fraud.scoring.features import ALL_FEATURES
+from fraud.scoring.policy import load_policy
+from fraud.scoring.stages import CustomerStage, TerminalStage
 from fraud.settings import Settings
-from fraud.simulate import Simulated, SimulationConfig, simulate
-from fraud.stages import CustomerStage, TerminalStage
-from fraud.state import InMemoryStore
 from fraud.testing import FakeClock
+from fraud.tools.simulate import Simulated, SimulationConfig, simulate
 from fraud.v1.decision_pb2 import Decision
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
+from fraud.windows.store import InMemoryStore
 from tests.batch_reference import batch_features
 
 DAY_MS = 86_400_000

@@ -12,17 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from fraud.features import ALL_FEATURES, CUSTOMER_STAGE_FEATURES
-from fraud.pipeline import RawRecord
-from fraud.policy import load_policy
+from fraud.contracts.records import RawRecord
+from fraud.scoring.features import ALL_FEATURES, CUSTOMER_STAGE_FEATURES
+from fraud.scoring.policy import load_policy
+from fraud.scoring.stages import CustomerStage, Policy, TerminalResult, TerminalStage
 from fraud.settings import Settings
-from fraud.stages import CustomerStage, Policy, TerminalResult, TerminalStage
-from fraud.state import InMemoryStore
 from fraud.testing import FakeClock, make_record, random_transactions
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.enriched_pb2 import EnrichedTransaction
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
+from fraud.windows.store import InMemoryStore
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -664,7 +664,7 @@ def test_random_transactions_are_sorted_valid_and_tied() -> None:
 def test_transaction_batch_records_are_checked_item_by_item() -> None:
     """A TransactionBatch record: valid items are enriched in order with their index; an
     invalid item, or one whose customer hashes to another partition, is dead-lettered alone."""
-    from fraud.batching import CONTRACT_HEADER, TRANSACTION_BATCH, partition_for
+    from fraud.contracts.partitioning import CONTRACT_HEADER, TRANSACTION_BATCH, partition_for
     from fraud.v1.transaction_pb2 import TransactionBatch
 
     t = START_MS + 10 * DAY_MS

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import rocksdict
 
-from fraud.agents.table_store import FaustTableStore
+from fraud.worker.table_store import FaustTableStore
 
 
 class _Data:

@@ -12,7 +12,7 @@ import pytest
 
 from fraud.kernels.terminal import INT64_MAX, INT64_MIN
 from fraud.reference.terminal import reference_terminals, reference_terminals_evicting
-from fraud.terminal import (
+from fraud.windows.terminal import (
     DAY_MS,
     KIND_LABEL,
     KIND_TX,

@@ -1,4 +1,5 @@
-"""Training from the decision log and offline evaluation (fraud/train.py, fraud/decision_log.py).
+"""Training from the decision log and offline evaluation (fraud/tools/train.py,
+fraud/tools/decision_log.py).
 
 The broker tests publish a simulated, labelled month as the engine would log it: one Decision
 per transaction with the batch reference features (``tests.batch_reference``, which the
@@ -14,15 +15,15 @@ import numpy as np
 import pytest
 
 from fraud.broker import ensure_topics
-from fraud.decision_log import DecisionLog, LabelLog, read_decisions, read_labels
-from fraud.evaluate import MS_PER_DAY, evaluate
-from fraud.features import ALL_FEATURES
+from fraud.ingest.replay import producer
 from fraud.model.scoring import score
 from fraud.model.table import load_model_table
-from fraud.replay import producer
+from fraud.scoring.features import ALL_FEATURES
 from fraud.settings import Settings
-from fraud.simulate import Simulated, SimulationConfig, simulate
-from fraud.train import (
+from fraud.tools.decision_log import DecisionLog, LabelLog, read_decisions, read_labels
+from fraud.tools.evaluate import MS_PER_DAY, evaluate
+from fraud.tools.simulate import Simulated, SimulationConfig, simulate
+from fraud.tools.train import (
     NULLABLE_FEATURES,
     build_training_set,
     evaluate_from_topics,

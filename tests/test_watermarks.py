@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fraud.agents.alignment import Position
-from fraud.agents.watermarks import LabelWatermarks
+from fraud.worker.alignment import Position
+from fraud.worker.watermarks import LabelWatermarks
 
 
 def test_a_labels_partition_never_written_is_caught_up() -> None:

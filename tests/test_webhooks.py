@@ -22,18 +22,18 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from fraud.broker import free_port
-from fraud.contracts import to_json
+from fraud.contracts.wire import to_json
 from fraud.settings import Settings
-from fraud.sinks.delivery import percentile
-from fraud.sinks.dlq import list_dead_letters, redrive
 from fraud.sinks.retry import RetryPolicy
-from fraud.sinks.signing import (
+from fraud.sinks.webhooks.dlq import list_dead_letters, redrive
+from fraud.sinks.webhooks.envelope import percentile
+from fraud.sinks.webhooks.service import WebhookStats, run_webhooks
+from fraud.sinks.webhooks.signing import (
     EVENT_ID_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,
     verify,
 )
-from fraud.sinks.webhooks import WebhookStats, run_webhooks
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud.sinks.delivery import (
+from fraud.sinks.webhooks.envelope import (
     Envelope,
     OffsetTracker,
     decode,
@@ -17,7 +17,7 @@ from fraud.sinks.delivery import (
     event_id_for,
     percentile,
 )
-from fraud.sinks.subscriptions import (
+from fraud.sinks.webhooks.subscriptions import (
     Subscription,
     SubscriptionError,
     SubscriptionWatcher,
@@ -239,7 +239,7 @@ def test_watcher_reloads_on_change_at_most_every_interval(
 
     write(path, "[[subscription]\nbroken", 2_000_000)
     clock.now = 3.0
-    with caplog.at_level(logging.ERROR, logger="fraud.sinks.subscriptions"):
+    with caplog.at_level(logging.ERROR, logger="fraud.sinks.webhooks.subscriptions"):
         assert not watcher.poll()
     assert [s.id for s in watcher.current] == ["a", "b"]  # the running set is kept
     assert watcher.errors == 1

@@ -1,6 +1,7 @@
 """numba kernels for the per-customer state v2: windows plus "behaviour" features.
 
-Definitions (see ``fraud.customer`` for the Python-facing layer and ``fraud.reference.customer``
+Definitions (see ``fraud.windows.customer`` for the Python-facing layer and
+``fraud.reference.customer``
 for the slow twin). For an event of a customer at event time ``t``, "seen so far" is the
 customer's earlier-arrived events plus the event itself:
 
@@ -32,7 +33,8 @@ after the group's events keeps only entries with ``ts > max_ts - retain_ms`` (``
 group's largest event time ever seen, kept even when its event is evicted), written straight into
 the new state words: one pass over the batch, from state words to state words.
 
-State bytes (one customer, see ``fraud.customer.encode_customer_state``): little-endian 8-byte
+State bytes (one customer, see ``fraud.windows.customer.encode_customer_state``): little-endian
+8-byte
 words. Word 0 = version ``STATE_VERSION`` (byte 0), three zero bytes, event count ``n`` (uint32,
 bytes 4-7); word 1 = max_ts; then ``n`` event times, ``n`` amounts, ``n`` terminal hashes (int64),
 ``n`` latitudes, ``n`` longitudes (float64 bit patterns).

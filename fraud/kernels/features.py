@@ -1,4 +1,4 @@
-"""numba kernels for the features computed outside the state kernels (``fraud.features``).
+"""numba kernels for the features computed outside the state kernels (``fraud.scoring.features``).
 
 One pass each, straight into the caller's output: the numpy expressions they replace made a
 temporary array per operation. Same arithmetic, so the same values.

@@ -1,4 +1,4 @@
-"""numba kernel for ``fraud.statebytes``: the word offsets of a batch's concatenated states."""
+"""numba kernel for ``fraud.windows.codec``: the word offsets of a batch's concatenated states."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """numba kernels for exact per-terminal risk windows computed from delayed fraud labels.
 
-Definition (see ``fraud.terminal`` for the Python-facing layer and ``fraud.reference.terminal``
+Definition (see ``fraud.windows.terminal`` for the Python-facing layer and
+``fraud.reference.terminal``
 for the slow twin): a terminal's events are processed in a given order; each is a transaction
 (kind 0: event time ``t``, ``tx_hash``) or a label (kind 1: ``label_time``, ``tx_hash``, fraud
 0/1). For a transaction at ``t``, delay ``D`` and window ``N``:
@@ -42,7 +43,8 @@ its transaction, so that transaction would be evicted on arrival anyway); then a
 ``max_pending`` pending labels are kept, those with the largest ``(label_time, hash)``. The new
 state goes straight into the new state words: one pass over the batch, from words to words.
 
-State bytes (one terminal, see ``fraud.terminal.encode_terminal_state``) are a whole number of
+State bytes (one terminal, see ``fraud.windows.terminal.encode_terminal_state``) are a whole number
+of
 8-byte little-endian words: word 0 = version (byte 0), three zero bytes, transaction count n
 (uint32); word 1 = pending count p (uint32), four zero bytes; word 2 = max_ts; then n times,
 n hashes, n label times, p pending hashes, p pending label times, and the n + p fraud bytes

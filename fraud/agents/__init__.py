@@ -1,1 +1,0 @@
-"""Faust wiring: the app, its topics and tables, and thin agents that call the pure core."""

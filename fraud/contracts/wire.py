@@ -1,0 +1,149 @@
+"""Decode and validate what arrives on Kafka; errors are values that end in a dead-letter topic.
+
+The wire format of every topic is the protobuf contract in ``proto/fraud/v1/`` (generated code in
+``fraud/v1/``). Nothing here touches Kafka: the agents pass bytes in and get values out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from fraud.contracts.currency import EXPONENTS, is_known
+from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.decision_pb2 import Action, Decision
+from fraud.v1.transaction_pb2 import Transaction
+
+MAX_UTC_OFFSET_MINUTES = 14 * 60
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Why a message was refused: a short reason code and a human-readable detail."""
+
+    reason: str
+    detail: str
+
+
+def decode_transaction(value: bytes | None) -> Transaction | Rejected:
+    """Parse a ``fraud.v1.Transaction`` from bytes, or say why it cannot be parsed."""
+    if not value:
+        return Rejected("decode_error", "empty message")
+    tx = Transaction()
+    try:
+        tx.ParseFromString(value)
+    except DecodeError as exc:
+        hint = (
+            " (looks like JSON; the topic carries fraud.v1.Transaction protobuf)"
+            if (value[:1] in (b"{", b"["))
+            else ""
+        )
+        return Rejected("decode_error", f"not a fraud.v1.Transaction: {exc}{hint}")
+    return tx
+
+
+def validate_transaction(tx: Transaction, now_ms: int, max_future_ms: int) -> Rejected | None:
+    """Check a decoded transaction; ``None`` when it is valid.
+
+    History is valid (a replay of 2018 is fine); before 1970 or more than ``max_future_ms``
+    ahead of ``now_ms`` is not.
+    """
+    for name in ("transaction_id", "customer_id", "terminal_id"):
+        value = getattr(tx, name)
+        if not value:
+            return Rejected(f"missing_{name}", f"{name} is empty")
+        if len(value) > MAX_ID_LENGTH:
+            return Rejected(f"invalid_{name}", f"{name} is longer than {MAX_ID_LENGTH}")
+    if tx.amount_minor < 0:
+        return Rejected("invalid_amount", f"amount_minor {tx.amount_minor} is negative")
+    if not is_known(tx.currency):
+        return Rejected("unknown_currency", f"currency {tx.currency!r} is not an ISO 4217 code")
+    if tx.event_time_ms <= 0:
+        return Rejected("invalid_event_time", f"event_time_ms {tx.event_time_ms} is not after 1970")
+    if tx.event_time_ms > now_ms + max_future_ms:
+        ahead_h = (tx.event_time_ms - now_ms) / 3_600_000
+        return Rejected("invalid_event_time", f"event_time_ms is {ahead_h:.1f} h in the future")
+    if abs(tx.utc_offset_minutes) > MAX_UTC_OFFSET_MINUTES:
+        return Rejected("invalid_utc_offset", f"utc_offset_minutes {tx.utc_offset_minutes}")
+    if tx.HasField("latitude") != tx.HasField("longitude"):
+        return Rejected("invalid_location", "latitude and longitude must come together")
+    if tx.HasField("latitude"):
+        lat, lon = tx.latitude, tx.longitude
+        if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+            return Rejected("invalid_location", f"location ({lat}, {lon}) is not a coordinate")
+    return None
+
+
+def parse_transaction(
+    value: bytes | None, now_ms: int, max_future_ms: int
+) -> Transaction | Rejected:
+    """Decode then validate."""
+    tx = decode_transaction(value)
+    if isinstance(tx, Rejected):
+        return tx
+    return validate_transaction(tx, now_ms, max_future_ms) or tx
+
+
+def dead_letter(
+    rejected: Rejected,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    payload: bytes | None,
+    now_ms: int,
+) -> DeadLetter:
+    return DeadLetter(
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        reason=rejected.reason,
+        detail=rejected.detail,
+        key=key or b"",
+        payload=payload or b"",
+        failed_at_ms=now_ms,
+    )
+
+
+def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The reason and the source coordinates as Kafka headers, for tools that skip the body."""
+    return [
+        ("fraud.reason", letter.reason.encode()),
+        ("fraud.source.topic", letter.source_topic.encode()),
+        ("fraud.source.partition", str(letter.source_partition).encode()),
+        ("fraud.source.offset", str(letter.source_offset).encode()),
+    ]
+
+
+def action_name(action: int) -> str:
+    return Action.Name(action)
+
+
+def to_json(message: Message) -> str:
+    """One-line JSON of a message, with field names as in the .proto files."""
+    return json_format.MessageToJson(
+        message, preserving_proto_field_name=True, indent=None, sort_keys=True
+    )
+
+
+def _major(amount_minor: int, currency: str) -> str:
+    """Exact major-unit amount with the currency's decimals ("50.00" EUR, "5000" JPY)."""
+    exp = EXPONENTS.get(currency, 2)
+    return str(Decimal(amount_minor).scaleb(-exp))
+
+
+def decision_summary(decision: Decision) -> str:
+    """A human-readable line for a decision or an alert."""
+    rules = ",".join(decision.rules_fired) or "-"
+    return (
+        f"{action_name(decision.action):6} tx={decision.transaction_id} "
+        f"customer={decision.customer_id} terminal={decision.terminal_id} "
+        f"amount={_major(decision.amount_minor, decision.currency)} {decision.currency} "
+        f"score={decision.score:.3f} rules={rules}"
+    )

@@ -1,0 +1,1 @@
+"""Ingestion: one parser set for files and HTTP, replay, the gateway."""

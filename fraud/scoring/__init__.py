@@ -1,0 +1,1 @@
+"""The columnar batch, the customer and terminal stages, features, policy."""

@@ -1,0 +1,44 @@
+"""Build the decision policy (decision table + model table) from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fraud.model.table import check_features, load_model_table
+from fraud.rules.compiled import compile_rules
+from fraud.rules.table import load_rule_table
+from fraud.scoring.features import ALL_FEATURES
+from fraud.scoring.stages import Policy
+from fraud.settings import Settings
+
+
+def load_policy(
+    rules_path: Path,
+    model_path: Path | None = None,
+    *,
+    review_score: float = 0.5,
+    block_score: float = 0.9,
+) -> Policy:
+    """Parse, validate and compile; raises a one-line error naming the file on any problem."""
+    rules = compile_rules(load_rule_table(rules_path, ALL_FEATURES), ALL_FEATURES)
+    model = None
+    columns: tuple[int, ...] = ()
+    if model_path is not None:
+        model = load_model_table(model_path)
+        columns = tuple(int(c) for c in check_features(model, ALL_FEATURES))
+    return Policy(
+        rules=rules,
+        model=model,
+        model_columns=columns,
+        review_score=review_score,
+        block_score=block_score,
+    )
+
+
+def policy_from_settings(settings: Settings) -> Policy:
+    return load_policy(
+        settings.rules_path,
+        settings.model_path,
+        review_score=settings.review_score,
+        block_score=settings.block_score,
+    )

@@ -1,0 +1,1 @@
+"""Email and SMS notifications for alerts or any event topic."""

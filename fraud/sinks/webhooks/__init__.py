@@ -1,0 +1,1 @@
+"""Signed webhook delivery with retry topics and dead letters."""

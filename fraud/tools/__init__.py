@@ -1,0 +1,1 @@
+"""Demo, simulator, training, evaluation, tail, local receivers, benchmarks."""

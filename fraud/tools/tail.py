@@ -1,0 +1,113 @@
+"""Tail a topic of the engine (alerts, decisions, dead letters) as text or JSON lines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TextIO
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from google.protobuf.message import DecodeError, Message
+
+from fraud.contracts.wire import decision_summary, to_json
+from fraud.kafka_config import client_config
+from fraud.settings import Settings
+from fraud.v1.alert_pb2 import Alert
+from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.decision_pb2 import Decision
+
+KINDS = ("alerts", "decisions", "dead-letters")
+
+
+def _topic(settings: Settings, kind: str) -> str:
+    names = settings.topic_names
+    return {
+        "alerts": names.alerts,
+        "decisions": names.decisions,
+        "dead-letters": names.dead_letters,
+    }[kind]
+
+
+def _decoder(kind: str) -> Callable[[bytes], Message]:
+    cls = {"alerts": Alert, "decisions": Decision, "dead-letters": DeadLetter}[kind]
+
+    def decode(value: bytes) -> Message:
+        msg: Message = cls()
+        msg.ParseFromString(value)
+        return msg
+
+    return decode
+
+
+def human(kind: str, msg: Message) -> str:
+    if isinstance(msg, Alert):
+        return f"ALERT {msg.alert_id} {decision_summary(msg.decision)}"
+    if isinstance(msg, Decision):
+        return decision_summary(msg)
+    if isinstance(msg, DeadLetter):
+        return (
+            f"DEAD {msg.source_topic}[{msg.source_partition}]@{msg.source_offset} "
+            f"{msg.reason}: {msg.detail}"
+        )
+    return to_json(msg)  # pragma: no cover
+
+
+def open_consumer(settings: Settings, topic: str, from_beginning: bool) -> Consumer:
+    """A consumer assigned to every partition of ``topic``, committing nothing."""
+    consumer = Consumer(
+        client_config(
+            settings.brokers,
+            **{"group.id": f"fraud-tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False},
+        )
+    )
+    meta = consumer.list_topics(topic, timeout=10)
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        consumer.close()
+        raise KafkaException(f"topic {topic!r} does not exist at {settings.brokers}")
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in sorted(info.partitions)])
+    return consumer
+
+
+def tail(
+    settings: Settings,
+    kind: str,
+    out: TextIO,
+    *,
+    from_beginning: bool = False,
+    as_json: bool = False,
+    limit: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> int:
+    """Print messages as they arrive; stop after ``limit`` or ``idle_timeout_s`` of silence."""
+    topic = _topic(settings, kind)
+    decode = _decoder(kind)
+    consumer = open_consumer(settings, topic, from_beginning)
+    shown = 0
+    last_seen = time.monotonic()
+    try:
+        while limit is None or shown < limit:
+            msgs = consumer.consume(500, 0.2)
+            if not msgs:
+                if idle_timeout_s is not None and time.monotonic() - last_seen > idle_timeout_s:
+                    break
+                continue
+            last_seen = time.monotonic()
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                try:
+                    msg = decode(m.value() or b"")
+                except DecodeError:
+                    out.write(f"undecodable message at {topic}[{m.partition()}]@{m.offset()}\n")
+                    continue
+                out.write((to_json(msg) if as_json else human(kind, msg)) + "\n")
+                shown += 1
+                if limit is not None and shown >= limit:
+                    break
+            out.flush()
+    finally:
+        consumer.close()
+    return shown

@@ -1,0 +1,1 @@
+"""Per-customer and per-terminal window state, its bytes codec and stores."""

@@ -1,0 +1,409 @@
+"""Per-customer state v2: the exact event-time windows plus the customer's "behaviour" features.
+
+For each transaction of a customer at event time ``t`` (int64 ms since the epoch), with "seen so
+far" meaning that customer's earlier-arrived transactions plus the current one:
+
+* for each window of ``w`` ms (by default 1, 7 and 30 days): count and sum of amount (int64 minor
+  units) of the transactions seen so far with event time in ``(t - w, t]``: one exactly ``w``
+  earlier is out, one at the same ms is in if it arrived before, and a later-arriving
+  transaction never counts for an earlier arrival;
+* ``seconds_since_prev_tx``: ``(t - t_prev) / 1000``, ``t_prev`` the largest event time among
+  the earlier-arrived transactions with event time ``<= t``. An earlier arrival at the same ms
+  gives 0.0; NaN when there is none in the retained state (a first transaction, or one that
+  arrives so late that everything before it was evicted, or that is earlier than all of them);
+* ``first_use_of_terminal``: 1.0 when no earlier-arrived transaction at the same terminal
+  (``terminal_hash``) has event time in ``(t - W, t]``, ``W = max(window_ms)`` (the longest
+  window, 30 days by default; a use exactly ``W`` earlier no longer counts), else 0.0. A later
+  event time that arrived earlier does not count;
+* ``geo_velocity_kmh``: haversine distance (Earth radius 6371.0088 km) between this
+  transaction's location and that of the *previous* one (the transaction giving ``t_prev``; among
+  several at ``t_prev``, the last to arrive), divided by the time between them in hours. NaN
+  when there is no previous transaction, when either location is unknown (NaN latitude or
+  longitude), or when the time between them is 0 (the same ms: no finite speed); 0.0 for the
+  same place at a later time.
+
+Outputs come in the caller's order: ``counts`` / ``sums`` ``(n, W)`` int64 and ``extras`` ``(n,
+3)`` float64, columns ``EXTRA_FEATURES``.
+
+State per customer is bytes (``encode_customer_state`` / ``decode_customer_state``, version 2):
+the retained transactions sorted by event time (ties in arrival order) with their amount,
+terminal hash, latitude and longitude, and the largest event time ever seen. After a batch a
+customer keeps only transactions with ``ts > max_ts - retain_ms``, ``retain_ms = max(window_ms) +
+allowed_lateness_ms`` (31 days by default). Version 1 states (the former windows-only format)
+are not read: they lack terminals and locations.
+
+``update_customers`` does a whole micro-batch in three numba kernels (``fraud.kernels.customer``);
+``fraud.reference.customer`` is the slow twin the tests compare it with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fraud.kernels.customer import (
+    COLUMNS,
+    EARTH_RADIUS_KM,
+    HEADER_WORDS,
+    INT64_MIN,
+    N_EXTRAS,
+    STATE_VERSION,
+    update_customer_words,
+)
+from fraud.scoring.features import DAY_MS, WINDOW_DAYS
+from fraud.scoring.features import warmup as _warm_features
+from fraud.windows.codec import LE_I64 as _LE_I64
+from fraud.windows.codec import group_events, join_states, plain, split_states
+
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_CONFIG",
+    "EARTH_RADIUS_KM",
+    "EXTRA_FEATURES",
+    "STATE_VERSION",
+    "WINDOW_DAYS",
+    "CustomerConfig",
+    "CustomerState",
+    "decode_customer_state",
+    "encode_customer_state",
+    "terminal_hash",
+    "update_customers",
+    "warmup",
+]
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+CustomerState = tuple[I64, I64, I64, F64, F64, int]
+"""``(ts, amount, terminal, lat, lon, max_ts)`` as ``decode_customer_state`` returns it."""
+
+EXTRA_FEATURES: tuple[str, ...] = (
+    "seconds_since_prev_tx",
+    "first_use_of_terminal",
+    "geo_velocity_kmh",
+)
+assert len(EXTRA_FEATURES) == N_EXTRAS
+
+# Limit on window and lateness lengths, so that their sum and ``t - w`` stay well inside int64.
+_MAX_SPAN_MS = 2**62
+_INT64_MAX = 2**63 - 1
+
+# version (u8), 3 zero bytes, count (u32), max_ts (i64): two little-endian 8-byte words.
+_HEADER = struct.Struct("<B3sIq")
+_HEADER_BYTES = _HEADER.size
+assert _HEADER_BYTES == 8 * HEADER_WORDS
+_EVENT_BYTES = 8 * COLUMNS
+_LE_F64 = np.dtype("<f8")
+
+
+@dataclass(frozen=True)
+class CustomerConfig:
+    """Window lengths (ms) and how late an event may arrive without missing evicted history.
+
+    The longest window is also the look-back of ``first_use_of_terminal``.
+    """
+
+    window_ms: tuple[int, ...] = tuple(days * DAY_MS for days in WINDOW_DAYS)
+    allowed_lateness_ms: int = DAY_MS
+
+    def __post_init__(self) -> None:
+        windows = tuple(self.window_ms)
+        if not windows:
+            raise ValueError("window_ms must name at least one window")
+        for width in windows:
+            if isinstance(width, bool) or not isinstance(width, int | np.integer):
+                raise ValueError(f"window_ms entries must be ints, got {width!r}")
+            if not 0 < width <= _MAX_SPAN_MS:
+                raise ValueError(f"window_ms entries must be in (0, 2**62] ms, got {width}")
+        lateness = self.allowed_lateness_ms
+        if isinstance(lateness, bool) or not isinstance(lateness, int | np.integer):
+            raise ValueError(f"allowed_lateness_ms must be an int, got {lateness!r}")
+        if not 0 <= lateness <= _MAX_SPAN_MS:
+            raise ValueError(f"allowed_lateness_ms must be in [0, 2**62] ms, got {lateness}")
+        object.__setattr__(self, "window_ms", tuple(int(width) for width in windows))
+        object.__setattr__(self, "allowed_lateness_ms", int(lateness))
+
+    @property
+    def terminal_ms(self) -> int:
+        """Look-back of ``first_use_of_terminal``: the longest window."""
+        return max(self.window_ms)
+
+    @property
+    def retain_ms(self) -> int:
+        """State keeps events with ``ts > max_ts - retain_ms``: the longest window plus lateness."""
+        return max(self.window_ms) + self.allowed_lateness_ms
+
+
+DEFAULT_CONFIG = CustomerConfig()
+
+
+def terminal_hash(terminal_id: str) -> int:
+    """Stable signed int64 for a terminal id: BLAKE2b (8-byte digest) of its UTF-8, little-endian.
+
+    The same in every process and on every machine (unlike ``hash``), so it can live in state.
+    """
+    if not isinstance(terminal_id, str):
+        raise ValueError(f"terminal_id must be a str, got {type(terminal_id).__name__}")
+    digest = hashlib.blake2b(terminal_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _require_1d(name: str, value: Any, dtype: type[np.generic], kind: str) -> Any:
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} must be a numpy {kind} array, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {kind}, got {value.dtype}")
+    if value.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {value.shape}")
+    return value
+
+
+def _require_int64_1d(name: str, value: Any) -> I64:
+    result: I64 = _require_1d(name, value, np.int64, "int64")
+    return result
+
+
+def _require_float64_1d(name: str, value: Any) -> F64:
+    result: F64 = _require_1d(name, value, np.float64, "float64")
+    return result
+
+
+def _check_coordinates(where: str, lat: F64, lon: F64) -> None:
+    """Latitudes in [-90, 90], longitudes in [-180, 180], or NaN (unknown)."""
+    for name, values, limit in (("latitude", lat, 90.0), ("longitude", lon, 180.0)):
+        bad = ~(np.isnan(values) | (np.abs(values) <= limit))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{where}{name} {float(values[i])!r} at index {i} is not in [-{limit:g}, "
+                f"{limit:g}] nor NaN"
+            )
+
+
+def _is_ascending(ts: I64) -> bool:
+    return ts.shape[0] < 2 or bool(np.all(ts[1:] >= ts[:-1]))
+
+
+def encode_customer_state(
+    ts: I64, amount: I64, terminal: I64, lat: F64, lon: F64, max_ts: int
+) -> bytes:
+    """One customer's state as bytes (version 2).
+
+    ``ts`` ascending int64 event times (ties in arrival order), ``amount`` and ``terminal`` the
+    aligned int64 amounts and terminal hashes, ``lat`` / ``lon`` the aligned float64 degrees (NaN
+    when unknown), ``max_ts`` the largest event time ever seen (at least ``ts[-1]``; ``INT64_MIN``
+    if never any). Layout, all little-endian: version byte (2), three zero bytes, event count
+    (uint32), max_ts (int64), then the times, the amounts, the terminals (int64 each), the
+    latitudes, the longitudes (float64 each): ``16 + 40 * count`` bytes.
+    """
+    ts = _require_int64_1d("ts", ts)
+    amount = _require_int64_1d("amount", amount)
+    terminal = _require_int64_1d("terminal", terminal)
+    lat = _require_float64_1d("lat", lat)
+    lon = _require_float64_1d("lon", lon)
+    n = ts.shape[0]
+    if not amount.shape[0] == terminal.shape[0] == lat.shape[0] == lon.shape[0] == n:
+        raise ValueError(
+            f"ts, amount, terminal, lat and lon differ in length: {n}, {amount.shape[0]}, "
+            f"{terminal.shape[0]}, {lat.shape[0]}, {lon.shape[0]}"
+        )
+    if isinstance(max_ts, bool) or not isinstance(max_ts, int | np.integer):
+        raise ValueError(f"max_ts must be an int, got {max_ts!r}")
+    if not INT64_MIN <= max_ts <= _INT64_MAX:
+        raise ValueError(f"max_ts {max_ts} does not fit in int64")
+    if n >= 2**32:
+        raise ValueError(f"a state holds at most 2**32 - 1 events, got {n}")
+    if not _is_ascending(ts):
+        raise ValueError("state event times must be ascending")
+    if n and ts[-1] > max_ts:
+        raise ValueError(f"max_ts {max_ts} is below the last event time {int(ts[-1])}")
+    _check_coordinates("", lat, lon)
+    header = _HEADER.pack(STATE_VERSION, b"\0\0\0", n, int(max_ts))
+    return b"".join(
+        [
+            header,
+            ts.astype(_LE_I64, copy=False).tobytes(),
+            amount.astype(_LE_I64, copy=False).tobytes(),
+            terminal.astype(_LE_I64, copy=False).tobytes(),
+            lat.astype(_LE_F64, copy=False).tobytes(),
+            lon.astype(_LE_F64, copy=False).tobytes(),
+        ]
+    )
+
+
+def decode_customer_state(data: bytes | None) -> CustomerState:
+    """Inverse of ``encode_customer_state``: ``(ts, amount, terminal, lat, lon, max_ts)``.
+
+    The arrays are read-only. ``None`` (a customer never seen) is empty arrays and ``max_ts =
+    INT64_MIN``. Malformed bytes (wrong version, truncated, trailing bytes, times not ascending,
+    coordinates out of range...) raise ValueError.
+    """
+    if data is None:
+        empty_i = np.empty(0, np.int64)
+        empty_f = np.empty(0, np.float64)
+        return empty_i, empty_i.copy(), empty_i.copy(), empty_f, empty_f.copy(), int(INT64_MIN)
+    if not isinstance(data, bytes | bytearray):
+        raise ValueError(f"state must be bytes or None, got {type(data).__name__}")
+    if len(data) < _HEADER_BYTES:
+        raise ValueError(
+            f"truncated customer state: {len(data)} bytes, the header alone is {_HEADER_BYTES}"
+        )
+    version, pad, n, max_ts = _HEADER.unpack_from(data)
+    if version != STATE_VERSION:
+        hint = " (windows only, without terminals and locations)" if version == 1 else ""
+        raise ValueError(
+            f"unsupported customer state version {version}{hint} (this code reads {STATE_VERSION})"
+        )
+    if pad != b"\0\0\0":
+        raise ValueError("corrupt customer state: header padding bytes are not zero")
+    expected = _HEADER_BYTES + _EVENT_BYTES * n
+    if len(data) < expected:
+        raise ValueError(
+            f"truncated customer state: header says {n} events ({expected} bytes), "
+            f"got {len(data)} bytes"
+        )
+    if len(data) > expected:
+        raise ValueError(
+            f"corrupt customer state: {len(data) - expected} trailing bytes after {n} events"
+        )
+
+    def column(index: int, dtype: np.dtype[Any]) -> Any:
+        values = np.frombuffer(data, dtype, n, _HEADER_BYTES + 8 * n * index)
+        return values.astype(dtype.newbyteorder("="), copy=False)
+
+    ts: I64 = column(0, _LE_I64)
+    amount: I64 = column(1, _LE_I64)
+    terminal: I64 = column(2, _LE_I64)
+    lat: F64 = column(3, _LE_F64)
+    lon: F64 = column(4, _LE_F64)
+    if not _is_ascending(ts):
+        raise ValueError("corrupt customer state: event times are not ascending")
+    if n and ts[-1] > max_ts:
+        raise ValueError(
+            f"corrupt customer state: max_ts {max_ts} is below the last event time {int(ts[-1])}"
+        )
+    _check_coordinates("corrupt customer state: ", lat, lon)
+    return ts, amount, terminal, lat, lon, int(max_ts)
+
+
+def _raise_bad_state(states: Sequence[bytes | None], g: int) -> None:
+    try:
+        decode_customer_state(states[g])
+    except ValueError as exc:
+        raise ValueError(f"states[{g}]: {exc}") from None
+    # unreachable: the kernel rejects nothing that decode_customer_state accepts
+    raise ValueError(f"states[{g}]: invalid customer state")  # pragma: no cover
+
+
+def update_customers(
+    states: Sequence[bytes | None],
+    group: npt.NDArray[np.integer[Any]],
+    ts: I64,
+    amount: I64,
+    terminal: I64,
+    lat: F64,
+    lon: F64,
+    config: CustomerConfig = DEFAULT_CONFIG,
+) -> tuple[I64, I64, F64, list[bytes]]:
+    """Window and behaviour features for a micro-batch, and the customers' new states.
+
+    ``states[g]`` is customer ``g``'s state bytes (``None`` if never seen); event ``i`` (events in
+    arrival order, customers interleaved in any way) belongs to customer ``group[i]`` and has
+    event time ``ts[i]`` (int64 ms), amount ``amount[i]`` (int64 minor units), terminal hash
+    ``terminal[i]`` (int64, see ``terminal_hash``) and location ``lat[i]`` / ``lon[i]`` (float64
+    degrees, NaN when unknown; anything else out of range is rejected).
+
+    Returns ``(counts, sums, extras, new_states)``: ``counts[i, w]`` / ``sums[i, w]`` for event
+    ``i`` (the caller's order) and window ``config.window_ms[w]``; ``extras[i]`` the
+    ``EXTRA_FEATURES``; ``new_states[g]`` the new bytes for every ``states[g]``, evicted to
+    ``config.retain_ms`` (a customer without events is evicted too).
+    """
+    ts = _require_int64_1d("ts", ts)
+    amount = _require_int64_1d("amount", amount)
+    terminal = _require_int64_1d("terminal", terminal)
+    lat = _require_float64_1d("lat", lat)
+    lon = _require_float64_1d("lon", lon)
+    if not isinstance(group, np.ndarray):
+        raise ValueError(f"group must be a numpy integer array, got {type(group).__name__}")
+    if not np.issubdtype(group.dtype, np.integer):
+        raise ValueError(f"group must have an integer dtype, got {group.dtype}")
+    if group.ndim != 1:
+        raise ValueError(f"group must be 1-D, got shape {group.shape}")
+    n_events = ts.shape[0]
+    lengths = (group.shape[0], n_events, amount.shape[0], terminal.shape[0])
+    if not all(size == n_events for size in (*lengths, lat.shape[0], lon.shape[0])):
+        raise ValueError(
+            "group, ts, amount, terminal, lat and lon differ in length: "
+            + ", ".join(str(size) for size in (*lengths, lat.shape[0], lon.shape[0]))
+        )
+    _check_coordinates("", lat, lon)
+    n_groups = len(states)
+    if n_events:
+        low, high = int(group.min()), int(group.max())
+        if low < 0 or high >= n_groups:
+            bad = low if low < 0 else high
+            raise ValueError(f"group index {bad} out of range for {n_groups} states")
+    group64 = group.astype(np.int64, copy=False)
+
+    # every state at once: states are whole 8-byte words, concatenated
+    words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
+    # events grouped, arrival order kept inside a group (stable sort)
+    order, event_offsets = group_events(group64, n_groups)
+    n_windows = len(config.window_ms)
+    counts = np.empty((n_events, n_windows), np.int64)
+    sums = np.empty((n_events, n_windows), np.int64)
+    extras = np.empty((n_events, N_EXTRAS), np.float64)
+    out_words, out_offsets, bad_group = update_customer_words(
+        words,
+        words.view(np.float64),
+        word_offsets,
+        plain(ts),
+        plain(amount),
+        plain(terminal),
+        plain(lat),
+        plain(lon),
+        order,
+        event_offsets,
+        np.array(config.window_ms, np.int64),
+        config.terminal_ms,
+        config.retain_ms,
+        counts,
+        sums,
+        extras,
+    )
+    if bad_group >= 0:
+        _raise_bad_state(states, bad_group)
+    new_states = split_states(out_words, out_offsets)
+    return counts, sums, extras, new_states
+
+
+def warmup() -> None:
+    """Compile (or load from numba's cache) every kernel, using the same argument types as
+    ``update_customers`` does, so the first real batch does not pay for it; and those of the
+    features the customer stage adds (``fraud.scoring.features.time_features``,
+    ``amount_ratios``)."""
+    nan = float("nan")
+    state = encode_customer_state(
+        np.array([0], np.int64),
+        np.array([1], np.int64),
+        np.array([terminal_hash("warmup")], np.int64),
+        np.array([48.0], np.float64),
+        np.array([nan], np.float64),
+        0,
+    )
+    _, _, _, new_states = update_customers(
+        [None, state],
+        np.array([1, 0, 1], np.int64),
+        np.array([1, 2, 0], np.int64),
+        np.array([5, 6, 7], np.int64),
+        np.array([1, 2, 1], np.int64),
+        np.array([48.0, nan, 49.0], np.float64),
+        np.array([2.0, nan, 2.5], np.float64),
+    )
+    decode_customer_state(new_states[1])
+    _warm_features()

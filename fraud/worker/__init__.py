@@ -1,0 +1,1 @@
+"""The Faust worker: app wiring, the loop, alignment, watermarks, emitter."""

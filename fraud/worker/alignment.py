@@ -1,0 +1,144 @@
+"""Event-time alignment of the customer stage's input partitions.
+
+The terminal stage needs, for a transaction at ``t``, every transaction of its terminal up to
+``t - D`` (D = 7 days), whichever customer partition it came from. Live, the customer partitions
+advance together. Under a backlog (a replay of a file already in Kafka, a restart after an
+outage) one partition can run days ahead of another, and the terminal windows would miss
+transactions still queued on the slow one. Kafka Streams solves this inside a task by always
+taking the record with the lowest timestamp across its partitions; this does the same for the
+partitions of one worker:
+
+* every received transaction is held, per partition, in offset order;
+* the watermark is the lowest "latest event time seen" over the partitions that may still
+  deliver older data: partitions neither caught up (received everything up to the high
+  watermark) nor idle (nothing received for ``idle_s`` while others wait on them);
+* a partition releases its held prefix up to ``watermark + slack_ms``, and the released
+  transactions of all partitions are merged by event time (each partition keeping its order,
+  so each customer keeps its order).
+
+Holding is safe for at-least-once because a held message is not acknowledged: the committed
+offset stays below it, and a restart delivers it again (see ``fraud/worker/app.py``). Caught up
+partitions do not hold anything back, so live traffic is never delayed.
+
+Pure logic: the caller passes positions and the clock; no Kafka here.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+NO_TIME = -(2**63)
+END_TIME = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Position:
+    """What the consumer knows of a partition: its high watermark (next offset to be written)
+    and, when nothing was received from it yet, the offset consumption starts from."""
+
+    highwater: int | None
+    start: int | None = None
+
+    def caught_up(self, received_next: int | None) -> bool:
+        """Everything written was received: nothing was ever written, or the next offset to
+        receive (``received_next``, else ``start``) has reached the high watermark."""
+        nxt = received_next if received_next is not None else self.start
+        return self.highwater == 0 or (
+            self.highwater is not None and nxt is not None and nxt >= self.highwater
+        )
+
+
+@dataclass
+class _Partition(Generic[T]):
+    held: deque[tuple[int, int, T]]  # (event time, offset, item) in offset order
+    latest: int = NO_TIME  # highest event time received
+    next_offset: int | None = None  # last received offset + 1
+    active_at: float = 0.0  # clock of the last receipt (or of first sight)
+
+
+class EventTimeAligner(Generic[T]):
+    def __init__(
+        self,
+        slack_ms: int,
+        idle_s: float,
+        clock: Callable[[], float],
+        max_held: int = 100_000,
+    ) -> None:
+        if slack_ms < 0 or idle_s < 0 or max_held < 1:
+            raise ValueError("slack_ms and idle_s must be >= 0, max_held >= 1")
+        self.slack_ms = slack_ms
+        self.idle_s = idle_s
+        self.clock = clock
+        self.max_held = max_held
+        self._parts: dict[int, _Partition[T]] = {}
+
+    def _part(self, partition: int) -> _Partition[T]:
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = _Partition(deque(), active_at=self.clock())
+        return part
+
+    def add(self, partition: int, offset: int, event_time_ms: int, item: T) -> None:
+        part = self._part(partition)
+        part.held.append((event_time_ms, offset, item))
+        part.latest = max(part.latest, event_time_ms)
+        part.next_offset = offset + 1
+        part.active_at = self.clock()
+
+    def held(self) -> int:
+        return sum(len(p.held) for p in self._parts.values())
+
+    def held_by_partition(self) -> dict[int, int]:
+        return {k: len(p.held) for k, p in self._parts.items() if p.held}
+
+    def overfull(self) -> set[int]:
+        """Partitions holding more than ``max_held``: pause them until they drain."""
+        return {k for k, p in self._parts.items() if len(p.held) > self.max_held}
+
+    def watermark(self, positions: Mapping[int, Position]) -> int:
+        """Lowest latest-event-time over the partitions that may still deliver older data;
+        ``END_TIME`` when none may."""
+        now = self.clock()
+        mark = END_TIME
+        for partition, pos in positions.items():
+            part = self._part(partition)
+            if pos.caught_up(part.next_offset):
+                part.active_at = now
+                continue
+            if now - part.active_at > self.idle_s:
+                continue  # idle: stop waiting for it (Kafka Streams' max.task.idle.ms)
+            mark = min(mark, part.latest)
+        return mark
+
+    def release(self, positions: Mapping[int, Position]) -> list[T]:
+        """Items releasable now, merged by event time; ``positions`` lists the assigned
+        partitions (items of any other partition are dropped: a new owner will get them)."""
+        for partition in [k for k in self._parts if k not in positions]:
+            del self._parts[partition]
+        mark = self.watermark(positions)
+        limit = mark if mark > END_TIME - self.slack_ms else mark + self.slack_ms
+        runs: list[list[tuple[int, int, T]]] = []
+        for part in self._parts.values():
+            held = part.held
+            run: list[tuple[int, int, T]] = []
+            while held and held[0][0] <= limit:
+                run.append(held.popleft())
+            if run:
+                runs.append(run)
+        if len(runs) == 1:
+            return [item for _, _, item in runs[0]]
+        return [item for _, _, item in heapq.merge(*runs, key=_event_time)]
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._parts.pop(partition, None)
+
+
+def _event_time(entry: tuple[int, int, object]) -> int:
+    return entry[0]

@@ -1,5 +1,10 @@
 """Shared fixtures: one local broker per session (or a user's cluster via KAFKA_BOOTSTRAP).
 
+The folder decides the kind of a test: everything under ``tests/integration/`` is marked
+``integration`` here; a test under ``tests/unit/`` that asks for the broker is a collection error.
+The numba kernels are compiled (or loaded from their cache) once, before the first test, so no
+test's deadline pays for compilation.
+
 The engine is Apache Kafka where Java 17+ runs (installed from Maven Central on first use),
 else the noida-db emulator; ``FRAUD_BROKER_ENGINE=kafka|noida`` forces one (``.ci/run`` forces
 Kafka, so a broken install fails CI instead of falling back). The header of the test report
@@ -19,6 +24,31 @@ import pytest
 from fraud.broker import choose_engine, local_broker
 from fraud.broker.running import engine_title
 from fraud.settings import Settings
+
+INTEGRATION = Path(__file__).parent / "integration"
+BROKER_FIXTURES = frozenset({"brokers", "broker_engine"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced: list[str] = []
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+        elif BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(
+            "unit tests that use the broker (move them to tests/integration/): "
+            + ", ".join(misplaced)
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_compiled() -> None:
+    """Compile or load every numba kernel before the first test."""
+    from fraud.contracts.records import warmup
+
+    warmup()
 
 
 @functools.cache

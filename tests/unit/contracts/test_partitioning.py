@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Producer
-
-from fraud.broker import TopicSpec, ensure_topics
 from fraud.contracts.partitioning import group_by_partition, murmur2, partition_for
-from fraud.kafka_config import producer_config
-from fraud.settings import Settings
 from fraud.v1.transaction_pb2 import Transaction
 
 
@@ -23,23 +18,6 @@ def test_murmur2_matches_the_java_clients_known_values() -> None:
     }
     for data, java in cases.items():
         assert murmur2(data) == java & 0xFFFFFFFF, data
-
-
-def test_partitions_agree_with_librdkafka(settings: Settings) -> None:
-    topic = f"{settings.topic_prefix}partitioner"
-    ensure_topics(settings, extra=[TopicSpec(topic, 7, {})])
-    producer = Producer(producer_config(settings.brokers))
-    got: dict[str, int] = {}
-
-    def record(err: object, msg: object) -> None:
-        assert err is None
-        got[msg.key().decode()] = msg.partition()  # type: ignore[attr-defined]
-
-    keys = [f"C{i}" for i in range(300)] + ["", "é", "customer-000123"]
-    for key in keys:
-        producer.produce(topic, key=key.encode(), value=b"x", on_delivery=record)
-    assert producer.flush(30) == 0
-    assert got == {key: partition_for(key, 7) for key in keys}
 
 
 def test_group_by_partition_keeps_order_and_chunks() -> None:

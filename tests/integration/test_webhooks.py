@@ -37,7 +37,7 @@ from fraud.sinks.webhooks.signing import (
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
 
 SECRET = b"whsec-current"
 OLD_SECRET = b"whsec-previous"

@@ -35,8 +35,6 @@ from fraud.tools.simulate import SimulationConfig, simulate, write_file
 from fraud.worker import fetch_backoff
 from fraud.worker.policy_topic import ensure_policy_topic, policy_topic
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def java() -> None:

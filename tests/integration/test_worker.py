@@ -37,9 +37,6 @@ from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 from tests.batch_reference import batch_features
 
-pytestmark = pytest.mark.integration
-
-
 M = TypeVar("M", bound=Message)
 
 

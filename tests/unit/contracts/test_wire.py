@@ -25,7 +25,7 @@ from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.transaction_pb2 import Transaction
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 NOW_MS = int(datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp() * 1000)

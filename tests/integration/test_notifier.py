@@ -26,7 +26,7 @@ from fraud.sinks.notify.service import NotifierStats, dlq_topic, run_notifier
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision, Reason
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "sms-secret-token"
 

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud.settings import Settings
-from fraud.tools.bench.latency import BrokerChoice, environment
 from fraud.tools.bench.limits import NaiveFeatures
-from fraud.tools.bench.load import run_load
 from fraud.tools.bench.report import LatencyRecorder, plot_latency, table, write_json
 
 DAY = 86_400_000
@@ -55,20 +52,6 @@ def test_naive_features_follow_the_definitions() -> None:
         times, counts = NaiveFeatures.terminal(times, t)
     # at day 8 the delayed windows end at day 1: (0, 1] holds day 1, (-6, 1] both, (-29, 1] both
     assert counts == [1.0, 2.0, 2.0]
-
-
-@pytest.mark.integration
-def test_open_loop_load_decides_and_times_every_transaction(settings: Settings) -> None:
-    with environment(settings, BrokerChoice(external=True), say=print) as env:
-        result = run_load(env.settings, 200, 2.0, warmup_s=1.0, customers=50, say=print)
-        batched = run_load(env.settings, 200, 1.0, warmup_s=0.5, customers=50, batch=True)
-    assert result.sent == 600 and result.received == 600
-    assert result.recorder.count == 400  # after the warm-up
-    s = result.recorder.summary_ms()
-    assert 0 < s["p50"] <= s["p99"] <= s["max"] < 10_000
-    assert result.first_s is not None and result.first_s > 0
-    assert sum(result.decided_by_action.values()) == 600
-    assert batched.received == batched.sent == 300
 
 
 def test_usage_measures_another_process_cpu_and_memory() -> None:

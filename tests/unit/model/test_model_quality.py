@@ -33,7 +33,7 @@ from fraud.tools.simulate import Simulated, SimulationConfig, simulate
 from fraud.tools.train import ModelKind, evaluate_from_topics, train_from_topics
 from fraud.v1.label_pb2 import Label
 from tests.batch_reference import batch_features
-from tests.test_stages import run_stages
+from tests.unit.scoring.test_stages import run_stages
 
 # 40 days: 19 of warm-up, then the protocol's train, delay and test weeks
 CONFIG = SimulationConfig(

@@ -14,7 +14,6 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from fraud.contracts.currency import EXPONENTS, is_known
-from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.transaction_pb2 import Transaction
 
@@ -87,38 +86,6 @@ def parse_transaction(
     if isinstance(tx, Rejected):
         return tx
     return validate_transaction(tx, now_ms, max_future_ms) or tx
-
-
-def dead_letter(
-    rejected: Rejected,
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    payload: bytes | None,
-    now_ms: int,
-) -> DeadLetter:
-    return DeadLetter(
-        source_topic=topic,
-        source_partition=partition,
-        source_offset=offset,
-        reason=rejected.reason,
-        detail=rejected.detail,
-        key=key or b"",
-        payload=payload or b"",
-        failed_at_ms=now_ms,
-    )
-
-
-def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The reason and the source coordinates as Kafka headers, for tools that skip the body."""
-    return [
-        ("fraud.reason", letter.reason.encode()),
-        ("fraud.source.topic", letter.source_topic.encode()),
-        ("fraud.source.partition", str(letter.source_partition).encode()),
-        ("fraud.source.offset", str(letter.source_offset).encode()),
-    ]
 
 
 def action_name(action: int) -> str:

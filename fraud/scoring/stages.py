@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fraud.contracts.currency import exponent
+from fraud.contracts.dead_letter import dead_letter
 from fraud.contracts.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
 from fraud.contracts.partitioning import (
     CONTRACT_HEADER,
@@ -25,7 +26,7 @@ from fraud.contracts.partitioning import (
     partition_for,
 )
 from fraud.contracts.records import RawRecord, alert_for
-from fraud.contracts.wire import Rejected, dead_letter, parse_transaction, validate_transaction
+from fraud.contracts.wire import Rejected, parse_transaction, validate_transaction
 from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 from fraud.model.scoring import score
 from fraud.model.table import ModelTable

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66raud/v1/dead_letter.proto\x12\x08\x66raud.v1\"\xa7\x01\n\nDeadLetter\x12\x14\n\x0csource_topic\x18\x01 \x01(\t\x12\x18\n\x10source_partition\x18\x02 \x01(\x05\x12\x15\n\rsource_offset\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0b\n\x03key\x18\x06 \x01(\x0c\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x14\n\x0c\x66\x61iled_at_ms\x18\x08 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66raud/v1/dead_letter.proto\x12\x08\x66raud.v1\"\xbd\x01\n\nDeadLetter\x12\x14\n\x0csource_topic\x18\x01 \x01(\t\x12\x18\n\x10source_partition\x18\x02 \x01(\x05\x12\x15\n\rsource_offset\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0b\n\x03key\x18\x06 \x01(\x0c\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x14\n\x0c\x66\x61iled_at_ms\x18\x08 \x01(\x03\x12\x14\n\x0cpayload_type\x18\t \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fraud.v1.dead_letter_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEADLETTER']._serialized_start=41
-  _globals['_DEADLETTER']._serialized_end=208
+  _globals['_DEADLETTER']._serialized_end=230
 # @@protoc_insertion_point(module_scope)

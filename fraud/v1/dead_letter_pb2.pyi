@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeadLetter(_message.Message):
-    __slots__ = ("source_topic", "source_partition", "source_offset", "reason", "detail", "key", "payload", "failed_at_ms")
+    __slots__ = ("source_topic", "source_partition", "source_offset", "reason", "detail", "key", "payload", "failed_at_ms", "payload_type")
     SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -14,6 +14,7 @@ class DeadLetter(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_TYPE_FIELD_NUMBER: _ClassVar[int]
     source_topic: str
     source_partition: int
     source_offset: int
@@ -22,4 +23,5 @@ class DeadLetter(_message.Message):
     key: bytes
     payload: bytes
     failed_at_ms: int
-    def __init__(self, source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., key: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., failed_at_ms: _Optional[int] = ...) -> None: ...
+    payload_type: str
+    def __init__(self, source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., key: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., failed_at_ms: _Optional[int] = ..., payload_type: _Optional[str] = ...) -> None: ...

@@ -21,6 +21,7 @@ import faust
 from faust.types import TP
 
 from fraud.broker import TopicSpec, topic_config
+from fraud.contracts.dead_letter import dead_letter_headers
 from fraud.contracts.partitioning import (
     CONTRACT_HEADER,
     ENRICHED_BATCH,
@@ -29,7 +30,6 @@ from fraud.contracts.partitioning import (
     partition_for,
 )
 from fraud.contracts.records import RawRecord
-from fraud.contracts.wire import dead_letter_headers
 from fraud.kafka_config import high_watermarks
 from fraud.metrics import WorkerMetrics, worker_metrics
 from fraud.scoring.stages import CustomerStage, Enriched, Policy, TerminalResult, TerminalStage

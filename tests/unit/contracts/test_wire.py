@@ -12,8 +12,6 @@ import pytest
 from fraud.contracts.wire import (
     MAX_ID_LENGTH,
     Rejected,
-    dead_letter,
-    dead_letter_headers,
     decision_summary,
     decode_transaction,
     parse_transaction,
@@ -241,63 +239,6 @@ def test_edge_coordinates_are_valid(lat: float, lon: float) -> None:
 
 
 # --- dead letters and JSON ----------------------------------------------------------------------
-
-
-def test_dead_letter_carries_reason_source_key_and_payload() -> None:
-    payload = b"\xff\xfegarbage"
-    rejected = Rejected("decode_error", "not a fraud.v1.Transaction: boom")
-    letter = dead_letter(
-        rejected,
-        topic="transactions",
-        partition=3,
-        offset=12345,
-        key=b"cust-9",
-        payload=payload,
-        now_ms=NOW_MS,
-    )
-    assert isinstance(letter, DeadLetter)
-    assert letter.reason == "decode_error"
-    assert letter.detail == "not a fraud.v1.Transaction: boom"
-    assert letter.source_topic == "transactions"
-    assert letter.source_partition == 3
-    assert letter.source_offset == 12345
-    assert letter.key == b"cust-9"
-    assert letter.payload == payload
-    assert letter.failed_at_ms == NOW_MS
-    # survives the wire unchanged
-    assert DeadLetter.FromString(letter.SerializeToString()) == letter
-
-
-def test_dead_letter_of_a_missing_key_and_value_is_empty_bytes() -> None:
-    letter = dead_letter(
-        Rejected("decode_error", "empty message"),
-        topic="t",
-        partition=0,
-        offset=0,
-        key=None,
-        payload=None,
-        now_ms=1,
-    )
-    assert letter.key == b""
-    assert letter.payload == b""
-
-
-def test_dead_letter_headers() -> None:
-    letter = DeadLetter(
-        source_topic="prod-transactions",
-        source_partition=7,
-        source_offset=99,
-        reason="invalid_amount",
-        detail="amount_minor -5 is negative",
-    )
-    headers = dead_letter_headers(letter)
-    assert all(isinstance(k, str) and isinstance(v, bytes) for k, v in headers)
-    assert dict(headers) == {
-        "fraud.reason": b"invalid_amount",
-        "fraud.source.topic": b"prod-transactions",
-        "fraud.source.partition": b"7",
-        "fraud.source.offset": b"99",
-    }
 
 
 def test_to_json_is_one_line_with_proto_field_names() -> None:

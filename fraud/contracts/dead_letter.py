@@ -1,0 +1,114 @@
+"""The one dead-letter format of every dead-letter topic: ``fraud.v1.DeadLetter`` (protobuf).
+
+The worker (undecodable or invalid transactions), the gateway, the webhook sink and the notifier
+all write the same message: a short reason code, a human-readable detail, where the failed
+record was read (topic, partition, offset), its key and its bytes. The reason and the source
+coordinates are also Kafka headers (``fraud.reason``, ``fraud.source.*``), for tools that route
+or count without decoding the body.
+
+A dead letter stays well below a topic's maximum message size: ``reason`` and ``detail`` are cut
+to ``MAX_REASON_BYTES`` and ``MAX_DETAIL_BYTES`` (UTF-8) with a marker saying how long they were.
+The payload is kept whole, because re-driving needs it exactly; it was accepted by a topic with
+the same limit. Nothing here touches Kafka.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from fraud.contracts.wire import Rejected
+from fraud.v1.dead_letter_pb2 import DeadLetter
+
+__all__ = [
+    "MAX_DETAIL_BYTES",
+    "MAX_REASON_BYTES",
+    "DeadLetter",
+    "DeadLetterRecord",
+    "bounded",
+    "dead_letter",
+    "dead_letter_headers",
+    "dead_letter_record",
+    "decode_dead_letter",
+]
+
+MAX_DETAIL_BYTES = 4096
+MAX_REASON_BYTES = 128
+
+
+class DeadLetterRecord(NamedTuple):
+    """What to produce for one dead letter: key, value and headers (any Kafka client)."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` when its UTF-8 form fits in ``limit`` bytes; else its start and a marker, together
+    at most ``limit`` bytes, cut on a character boundary."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    marker = f" ... [truncated: {len(encoded)} bytes]"
+    room = max(0, limit - len(marker.encode("utf-8")))
+    return encoded[:room].decode("utf-8", "ignore") + marker
+
+
+def dead_letter(
+    rejected: Rejected,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    payload: bytes | None,
+    now_ms: int,
+    payload_type: str = "",
+) -> DeadLetter:
+    """The dead letter of the record at ``topic[partition]@offset``, refused for ``rejected``.
+
+    ``payload`` is the record's value unchanged, unless ``payload_type`` names what it is
+    instead (for example the webhook sink's retry envelope).
+    """
+    return DeadLetter(
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        reason=bounded(rejected.reason, MAX_REASON_BYTES),
+        detail=bounded(rejected.detail, MAX_DETAIL_BYTES),
+        key=key or b"",
+        payload=payload or b"",
+        failed_at_ms=now_ms,
+        payload_type=payload_type,
+    )
+
+
+def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The reason and the source coordinates as Kafka headers, for tools that skip the body."""
+    return [
+        ("fraud.reason", letter.reason.encode()),
+        ("fraud.source.topic", letter.source_topic.encode()),
+        ("fraud.source.partition", str(letter.source_partition).encode()),
+        ("fraud.source.offset", str(letter.source_offset).encode()),
+    ]
+
+
+def dead_letter_record(letter: DeadLetter) -> DeadLetterRecord:
+    """The Kafka record of ``letter``: keyed like the source record, headers as above."""
+    return DeadLetterRecord(
+        letter.key or None, letter.SerializeToString(), dead_letter_headers(letter)
+    )
+
+
+def decode_dead_letter(raw: bytes | None) -> DeadLetter:
+    """The dead letter in ``raw``; ``ValueError`` saying why when it is not one."""
+    if not raw:
+        raise ValueError("empty dead letter")
+    letter = DeadLetter()
+    try:
+        letter.ParseFromString(raw)
+    except DecodeError as exc:
+        raise ValueError(f"not a fraud.v1.DeadLetter: {exc}") from None
+    return letter

@@ -1,4 +1,9 @@
-"""Configuration shared by every confluent-kafka client the project creates.
+"""Every Kafka client the project creates is configured here.
+
+``make_producer`` and ``make_consumer`` build the confluent-kafka clients (their settings:
+``producer_config``, ``client_config``); ``aiokafka_config`` is the keyword arguments of the
+aiokafka clients of the sinks and the benchmarks. Connection settings that every client needs
+(the brokers, and whatever else reaching them takes) are added in these functions only.
 
 librdkafka logs through Python logging (logger ``fraud.rdkafka``) instead of writing to stderr
 itself, so a CLI error stays one line; ``-v`` shows those logs.
@@ -17,6 +22,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from fraud.settings import Settings
+
 RDKAFKA_LOGGER = logging.getLogger("fraud.rdkafka")
 # Errors of a partition whose leadership is settling (not all flagged retriable by librdkafka).
 _SETTLING = {
@@ -26,15 +33,40 @@ _SETTLING = {
 }
 
 
-def client_config(brokers: str, **extra: Any) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": brokers, "logger": RDKAFKA_LOGGER}
+def _brokers(target: Settings | str) -> str:
+    return target if isinstance(target, str) else target.brokers
+
+
+def client_config(target: Settings | str, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings of a client of ``target`` (settings, or a bootstrap list)."""
+    conf: dict[str, Any] = {"bootstrap.servers": _brokers(target), "logger": RDKAFKA_LOGGER}
     conf.update(extra)
     return conf
 
 
-def producer_config(brokers: str, **extra: Any) -> dict[str, Any]:
-    conf = client_config(brokers, partitioner="murmur2_random")
+def producer_config(target: Settings | str, **extra: Any) -> dict[str, Any]:
+    conf = client_config(target, partitioner="murmur2_random")
     conf.update(extra)
+    return conf
+
+
+def make_producer(target: Settings | str, **overrides: Any) -> Producer:
+    """A confluent-kafka producer (murmur2 partitioner); ``overrides`` are librdkafka settings."""
+    return Producer(producer_config(target, **overrides))
+
+
+def make_consumer(target: Settings | str, **overrides: Any) -> Consumer:
+    """A confluent-kafka consumer; ``overrides`` are librdkafka settings (``group.id``, ...)."""
+    return Consumer(client_config(target, **overrides))
+
+
+def aiokafka_config(target: Settings | str, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of an ``AIOKafkaProducer``/``AIOKafkaConsumer`` of ``target``.
+
+    aiokafka's default partitioner is already murmur2, the Java client's.
+    """
+    conf: dict[str, Any] = {"bootstrap_servers": _brokers(target)}
+    conf.update(overrides)
     return conf
 
 
@@ -95,7 +127,7 @@ def high_watermarks(
     brokers: str, topics: Sequence[str], timeout_s: float = 10.0
 ) -> dict[tuple[str, int], int]:
     """The high watermark (next offset to be written) of every partition of ``topics``."""
-    consumer = Consumer(client_config(brokers, **{"group.id": "fraud-watermarks"}))
+    consumer = make_consumer(brokers, **{"group.id": "fraud-watermarks"})
     try:
         out: dict[tuple[str, int], int] = {}
         for topic in topics:

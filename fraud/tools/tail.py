@@ -11,7 +11,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from google.protobuf.message import DecodeError, Message
 
 from fraud.contracts.wire import decision_summary, to_json
-from fraud.kafka_config import client_config
+from fraud.kafka_config import make_consumer
 from fraud.settings import Settings
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
@@ -55,11 +55,8 @@ def human(kind: str, msg: Message) -> str:
 
 def open_consumer(settings: Settings, topic: str, from_beginning: bool) -> Consumer:
     """A consumer assigned to every partition of ``topic``, committing nothing."""
-    consumer = Consumer(
-        client_config(
-            settings.brokers,
-            **{"group.id": f"fraud-tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False},
-        )
+    consumer = make_consumer(
+        settings, **{"group.id": f"fraud-tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
     )
     meta = consumer.list_topics(topic, timeout=10)
     info = meta.topics.get(topic)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
-from fraud.kafka_config import produce, producer_config
+from fraud.kafka_config import make_producer, produce
 
 
 class EmitError(RuntimeError):
@@ -24,7 +24,6 @@ class EmitError(RuntimeError):
 class KafkaEmitter:
     def __init__(self, brokers: str, extra: dict[str, Any] | None = None) -> None:
         conf: dict[str, Any] = {
-            **producer_config(brokers),
             "enable.idempotence": True,
             # flush() at the end of each batch sends at once; no linger needed
             "linger.ms": 0,
@@ -32,7 +31,7 @@ class KafkaEmitter:
             "queue.buffering.max.kbytes": 1_048_576,
         }
         conf.update(extra or {})
-        self._producer = Producer(conf)
+        self._producer = make_producer(brokers, **conf)
         self._errors: list[str] = []
         self._offsets: dict[tuple[str, int], int] = {}
 

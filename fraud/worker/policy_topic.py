@@ -40,12 +40,11 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from fraud.broker import BrokerError, TopicSpec, admin_client, create_topics, topic_config
-from fraud.kafka_config import client_config, producer_config, watermark_offsets
+from fraud.kafka_config import make_consumer, make_producer, watermark_offsets
 from fraud.model.table import ModelTable, ModelTableError, check_features, from_json
 from fraud.rules.compiled import CompiledRules, compile_rules
 from fraud.rules.table import RuleTableError, parse_rule_table
@@ -151,7 +150,7 @@ def _produce(
 ) -> None:
     ensure_policy_topic(settings)
     topic = policy_topic(settings)
-    producer = Producer(producer_config(settings.brokers, acks="all"))
+    producer = make_producer(settings, acks="all")
     errors: list[str] = []
 
     def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -264,18 +263,16 @@ class PolicyWatcher:
     def _open(self) -> Consumer:
         if self._consumer is None:
             ensure_policy_topic(self.settings)
-            consumer = Consumer(
-                client_config(
-                    self.settings.brokers,
-                    **{
-                        # Required by the client; never used: offsets are neither committed
-                        # nor stored, each start replays the topic from the beginning.
-                        "group.id": f"{self.settings.app_id}-policy-{uuid.uuid4().hex[:8]}",
-                        "enable.auto.commit": False,
-                        "enable.auto.offset.store": False,
-                        "auto.offset.reset": "earliest",
-                    },
-                )
+            consumer = make_consumer(
+                self.settings,
+                **{
+                    # Required by the client; never used: offsets are neither committed
+                    # nor stored, each start replays the topic from the beginning.
+                    "group.id": f"{self.settings.app_id}-policy-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                },
             )
             consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
             self._consumer = consumer

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics, topic_config
+from fraud.kafka_config import aiokafka_config
 from fraud.metrics import NotifierMetrics, notifier_metrics
 from fraud.settings import Settings
 from fraud.sinks.notify.email import EmailSender
@@ -338,17 +339,19 @@ async def run_notifier(
     dispatcher = Dispatcher(config, active, clock=clock, stats=stats, metrics=metrics)
     consumer = AIOKafkaConsumer(
         *routes,
-        bootstrap_servers=settings.brokers,
-        group_id=group_id(settings),
-        client_id=group_id(settings),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # answered early when records arrive; see fraud/sinks/webhooks/service.py
-        fetch_max_wait_ms=500,
-        metadata_max_age_ms=30_000,
+        **aiokafka_config(
+            settings,
+            group_id=group_id(settings),
+            client_id=group_id(settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # answered early when records arrive; see fraud/sinks/webhooks/service.py
+            fetch_max_wait_ms=500,
+            metadata_max_age_ms=30_000,
+        ),
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.brokers, client_id=group_id(settings), acks="all"
+        **aiokafka_config(settings, client_id=group_id(settings), acks="all")
     )
     await producer.start()
     try:

@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from fraud.broker import ensure_topics
-from fraud.kafka_config import client_config, watermark_offsets
+from fraud.kafka_config import make_consumer, make_producer, watermark_offsets
 from fraud.settings import Settings
 from fraud.sinks.retry import RetryPolicy
 from fraud.sinks.webhooks.envelope import Envelope, decode, encode
@@ -64,15 +63,13 @@ class DeadLetterEntry:
 
 def _read_all(settings: Settings, topic: str, timeout_s: float) -> Iterator[Message]:
     """Every message of ``topic`` up to its end at the time of the call."""
-    consumer = KafkaConsumer(
-        client_config(
-            settings.brokers,
-            **{
-                "group.id": f"{settings.app_id}-dlq-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            },
-        )
+    consumer = make_consumer(
+        settings,
+        **{
+            "group.id": f"{settings.app_id}-dlq-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        },
     )
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s)
@@ -192,7 +189,7 @@ def redrive(
         if err is not None:
             errors.append(str(err))
 
-    producer = Producer(client_config(settings.brokers, acks="all"))
+    producer = make_producer(settings, acks="all")
     now_ms = int(clock() * 1000)
     target = retry_topic(settings, 0)
     for entry in entries:

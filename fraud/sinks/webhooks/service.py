@@ -61,6 +61,7 @@ from google.protobuf.message import DecodeError
 
 from fraud.broker import TopicSpec, ensure_topics, topic_config
 from fraud.contracts.wire import to_json
+from fraud.kafka_config import aiokafka_config
 from fraud.metrics import EndpointMetrics, WebhookMetrics, webhook_metrics
 from fraud.settings import Settings
 from fraud.sinks.retry import (
@@ -248,10 +249,9 @@ class _Sink:
             connector=aiohttp.TCPConnector(limit=0), headers={"User-Agent": USER_AGENT}
         )
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.brokers,
-            client_id=f"{self.settings.app_id}-webhooks",
-            acks="all",
-            linger_ms=2,
+            **aiokafka_config(
+                self.settings, client_id=f"{self.settings.app_id}-webhooks", acks="all", linger_ms=2
+            )
         )
         await self.producer.start()
 
@@ -512,13 +512,15 @@ class _Partitions(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _consumer(settings: Settings, group: str) -> Any:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.brokers,
-        group_id=group,
-        client_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",  # a new group delivers what is already on the topic
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        max_poll_records=500,
+        **aiokafka_config(
+            settings,
+            group_id=group,
+            client_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # a new group delivers what is already on the topic
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            max_poll_records=500,
+        )
     )
 
 

@@ -25,9 +25,7 @@ from bisect import bisect_right, insort
 from collections.abc import AsyncIterator
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
-
-from fraud.kafka_config import client_config, high_watermarks, produce, producer_config
+from fraud.kafka_config import high_watermarks, make_consumer, make_producer, produce
 from fraud.settings import Settings
 
 DAY_MS = 86_400_000
@@ -37,7 +35,7 @@ DELAY_DAYS = 7
 
 def fill(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
     """Produce ``values`` (key, value) to ``topic`` and wait for all acknowledgements."""
-    producer = Producer(producer_config(settings.brokers, **{"linger.ms": 5}))
+    producer = make_producer(settings, **{"linger.ms": 5})
     for key, value in values:
         produce(producer, topic, value, key=key)
     if producer.flush(120):
@@ -51,8 +49,8 @@ def passthrough(
     ``sink`` (acknowledged)."""
     group = f"bench-pass-{uuid.uuid4().hex[:6]}"
     conf = {"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}
-    consumer = Consumer(client_config(settings.brokers, **conf))
-    producer = Producer(producer_config(settings.brokers, **{"linger.ms": 5}))
+    consumer = make_consumer(settings, **conf)
+    producer = make_producer(settings, **{"linger.ms": 5})
     consumer.subscribe([source])
     seen = 0
     started: float | None = None

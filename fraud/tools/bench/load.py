@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 
 from fraud.broker import TopicSpec, ensure_topics
 from fraud.contracts.partitioning import CONTRACT_HEADER, TRANSACTION_BATCH, group_by_partition
-from fraud.kafka_config import producer_config
+from fraud.kafka_config import aiokafka_config, make_producer
 from fraud.settings import Settings
 from fraud.tools.bench.report import LatencyRecorder
 from fraud.tools.simulate import SimulationConfig, simulate_at_least
@@ -117,8 +117,8 @@ class _Reader:
         fetch_backoff.install(max_pause_s=0.001)
         topic = self.settings.topic_names.decisions
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.brokers, enable_auto_commit=False,
-            fetch_max_wait_ms=5, max_poll_records=10_000,
+            **aiokafka_config(self.settings, enable_auto_commit=False, fetch_max_wait_ms=5,
+                              max_poll_records=10_000)
         )  # fmt: skip
         await consumer.start()
         try:
@@ -189,9 +189,7 @@ def run_load(
     n = len(txs)
     topic = settings.topic_names.transactions
     keys = [tx.customer_id.encode() for tx in txs]
-    producer = Producer(
-        producer_config(settings.brokers, **{"linger.ms": 0, "enable.idempotence": True})
-    )
+    producer = make_producer(settings, **{"linger.ms": 0, "enable.idempotence": True})
     _warm_up(producer, settings)
     reader = _Reader(settings, n)
     reader.start()

@@ -75,7 +75,7 @@ from fraud.broker import ensure_topics
 from fraud.contracts.currency import EXPONENTS, CurrencyError, to_minor
 from fraud.contracts.wire import MAX_UTC_OFFSET_MINUTES, Rejected, validate_transaction
 from fraud.ingest.files import parse_event_time
-from fraud.kafka_config import producer_config
+from fraud.kafka_config import make_producer
 from fraud.settings import Settings
 from fraud.sinks.serve import run_until_signalled
 from fraud.v1.transaction_pb2 import Transaction
@@ -511,17 +511,15 @@ class KafkaWriter:
 
 
 def open_producer(brokers: str, config: GatewayConfig) -> Producer:
-    return Producer(
-        producer_config(
-            brokers,
-            **{
-                "enable.idempotence": True,
-                "linger.ms": config.linger_ms,
-                "queue.buffering.max.messages": config.max_queue,
-                # A broker that does not answer within this becomes a 503, not a hung request.
-                "message.timeout.ms": int(config.delivery_timeout_s * 1000),
-            },
-        )
+    return make_producer(
+        brokers,
+        **{
+            "enable.idempotence": True,
+            "linger.ms": config.linger_ms,
+            "queue.buffering.max.messages": config.max_queue,
+            # A broker that does not answer within this becomes a 503, not a hung request.
+            "message.timeout.ms": int(config.delivery_timeout_s * 1000),
+        },
     )
 
 

@@ -30,7 +30,7 @@ from fraud.contracts.partitioning import (
     partition_for,
 )
 from fraud.ingest.files import ColumnMapping, Source, label_for, open_source
-from fraud.kafka_config import produce, producer_config
+from fraud.kafka_config import make_producer, produce
 from fraud.settings import Settings
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
@@ -87,13 +87,12 @@ def count_rows(path: Path) -> int | None:
 
 def producer(brokers: str, **extra: Any) -> Producer:
     conf: dict[str, Any] = {
-        **producer_config(brokers),
         "enable.idempotence": True,
         "linger.ms": 5,
         "queue.buffering.max.messages": 1_000_000,
     }
     conf.update(extra)
-    return Producer(conf)
+    return make_producer(brokers, **conf)
 
 
 class _Sender:

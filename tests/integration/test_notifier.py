@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiosmtpd.controller import Controller
 
 from fraud.broker import TopicSpec, ensure_topics, free_port
+from fraud.contracts.dead_letter import DeadLetter, dead_letter_headers, decode_dead_letter
 from fraud.settings import Settings
 from fraud.sinks.notify.service import NotifierStats, dlq_topic, run_notifier
 from fraud.v1.alert_pb2 import Alert
@@ -177,17 +178,21 @@ async def send_json(prod: AIOKafkaProducer, topic: str, event: dict[str, Any]) -
     )
 
 
-async def read_dlq(settings: Settings, count: int) -> list[dict[str, Any]]:
+async def read_dlq(settings: Settings, count: int) -> list[DeadLetter]:
+    """The first ``count`` dead letters; each record's headers are those of its letter."""
     consumer = AIOKafkaConsumer(
         dlq_topic(settings), bootstrap_servers=settings.brokers, auto_offset_reset="earliest"
     )
     await consumer.start()
-    out: list[dict[str, Any]] = []
+    out: list[DeadLetter] = []
     try:
         deadline = time.monotonic() + 10
         while len(out) < count and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(json.loads(r.value) for r in records if r.value)
+                for r in records:
+                    letter = decode_dead_letter(r.value)
+                    assert list(r.headers) == dead_letter_headers(letter)
+                    out.append(letter)
     finally:
         await consumer.stop()
     return out
@@ -322,8 +327,9 @@ body = "Hi ${{name}},\\n\\nthanks for signing up (user ${{user_id}}, plan ${{pla
                 "Hi Ann,\n\nthanks for signing up (user 7, plan ${plan})."
             )
             [letter] = await read_dlq(settings, 1)
-            assert letter["reason"] == "no_recipient: field 'email' is empty"
-            assert letter["route"] == "welcome" and letter["source"]["topic"] == topic
+            assert letter.reason == "no_recipient"
+            assert letter.detail == "no_recipient: field 'email' is empty; route=welcome"
+            assert letter.source_topic == topic and b'"No Email"' in letter.payload
         finally:
             controller.stop()
 
@@ -431,14 +437,15 @@ def test_smtp_down_dead_letters_and_notifier_keeps_going(
                 assert stats.retries == 2  # one per channel
                 assert [p["to"] for p in gw.posts] == ["+4915100000001"]
                 letters = await read_dlq(settings, 2)
-                by_reason = {lt["reason"].split(":")[0]: lt for lt in letters}
-                assert set(by_reason) == {"decode_error", "smtp connection failed"}
-                failed = by_reason["smtp connection failed"]
-                assert failed["route"] == "desk" and failed["to"] == "desk@example.com"
-                assert failed["attempts"] == 2 and failed["channel"] == "email"
-                assert failed["source"]["topic"] == settings.topic_names.alerts
-                assert failed["source"]["key"] == "C1"
-                assert failed["subject"].startswith("Blocked: 314.15 EUR")
+                by_reason = {lt.reason: lt for lt in letters}
+                assert set(by_reason) == {"decode_error", "send_failed"}
+                assert by_reason["decode_error"].payload == b"\xffnot protobuf"
+                failed = by_reason["send_failed"]
+                assert failed.detail.startswith("smtp connection failed")
+                assert "route=desk channel=email to=desk@example.com" in failed.detail
+                assert "attempts=2 subject='Blocked: 314.15 EUR" in failed.detail
+                assert failed.source_topic == settings.topic_names.alerts
+                assert failed.key == b"C1"
                 # the server comes back: the next alerts are delivered
                 controller = smtp_server(mailbox, smtp_port)
                 try:

@@ -313,15 +313,18 @@ def test_failing_endpoint_reaches_dlq_then_redrive_delivers_once_fixed(
                 letters = await asyncio.to_thread(list_dead_letters, settings)
                 assert len(letters) == n
                 for entry in letters:
-                    e = entry.envelope
+                    e, letter = entry.envelope, entry.letter
                     assert e.subscription_id == "down" and e.url == rx.url("/down")
                     assert e.attempt == FAST.max_attempts == 3
                     assert e.last_status == 500
                     assert e.last_error.startswith("HTTP 500")
-                    assert "attempts exhausted" in e.reason
+                    assert letter.reason == "attempts_exhausted"
+                    assert "attempts exhausted" in letter.detail
+                    assert letter.source_topic == settings.topic_names.alerts
+                    assert letter.key == e.event_id.encode()
                     # first try, then 0.2 s, then 0.5 s later
                     assert e.last_attempt_ms - e.first_attempt_ms >= 700
-                    assert e.dead_at_ms >= e.last_attempt_ms
+                    assert letter.failed_at_ms >= e.last_attempt_ms
                     times = [a.at for a in rx.attempts("/down", e.event_id)]
                     assert len(times) == 3
                     assert times[1] - times[0] >= 0.2 - 0.01
@@ -505,7 +508,8 @@ def test_400_goes_straight_to_the_dlq(settings: Settings, tmp_path: Path) -> Non
             (entry,) = await asyncio.to_thread(list_dead_letters, settings, endpoint="bad")
             e = entry.envelope
             assert (e.attempt, e.last_status, e.event_id) == (1, 400, "alert-1:bad")
-            assert "not retryable" in e.reason and e.last_error == "HTTP 400: nope"
+            assert entry.letter.reason == "not_retryable" and "HTTP 400" in entry.letter.detail
+            assert e.last_error == "HTTP 400: nope"
             assert e.first_attempt_ms == e.last_attempt_ms
             assert len(rx.attempts("/bad", "alert-1:bad")) == 1
             assert await asyncio.to_thread(list_dead_letters, settings, endpoint="other") == []

@@ -3,9 +3,12 @@
 Its own process and consumer group (``{app_id}-notifier``), so a slow SMTP server or SMS gateway
 never holds back detection. For each message of a route topic: decode it as the route's format,
 plan the notifications (``fraud.sinks.notify.routing.plan``), drop duplicates and rate-limited ones,
-send the rest with a few quick in-process retries, and put the ones given up on, with the reason,
-as JSON on ``{prefix}notifier-dlq``. Offsets are committed after a message is handled (and its
-dead letters written), so delivery is at-least-once; de-duplication state lives in memory.
+send the rest with a few quick in-process retries, and put the ones given up on on
+``{prefix}notifier-dlq`` as ``fraud.v1.DeadLetter``, the format of every dead-letter topic: a
+reason code (``NOTIFIER_DEAD_LETTER_REASONS``), the failed notification's facts in ``detail``,
+and the source record's coordinates, key and value. Offsets are committed after a message is
+handled (and its dead letters written), so delivery is at-least-once; de-duplication state lives
+in memory.
 
 Kafka client: aiokafka. The senders (aiosmtplib, aiohttp) are asyncio, so an asyncio consumer
 keeps everything on one event loop with no thread hand-off; it commits explicit offsets, leaves
@@ -19,21 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics, topic_config
+from fraud.contracts.dead_letter import DeadLetter, dead_letter, dead_letter_record
+from fraud.contracts.records import RawRecord
+from fraud.contracts.wire import Rejected
 from fraud.kafka_config import aiokafka_config
-from fraud.metrics import NotifierMetrics, notifier_metrics
+from fraud.metrics import NOTIFIER_DEAD_LETTER_REASONS, NotifierMetrics, notifier_metrics
 from fraud.settings import Settings
 from fraud.sinks.notify.email import EmailSender
 from fraud.sinks.notify.routing import (
@@ -69,6 +74,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("fraud.notifier")
+
+# Reason codes of the notifier's dead letters: not the route's format, a route matched without a
+# usable recipient, a notification given up on after its retries.
+DECODE_ERROR, NO_RECIPIENT, SEND_FAILED = NOTIFIER_DEAD_LETTER_REASONS
 
 
 class Sender(Protocol):
@@ -114,7 +123,7 @@ def resolve_topic(settings: Settings, topic: str) -> str:
 class Dispatcher:
     """Everything between a decoded message and the senders; Kafka-free.
 
-    ``handle`` returns the dead-letter records (dicts, written as JSON by the caller).
+    ``handle`` returns the dead letters of a record, for the caller to produce.
     """
 
     def __init__(
@@ -146,39 +155,45 @@ class Dispatcher:
         for channel, breaker in self._breakers.items():
             self.metrics.breaker(channel, breaker.state)
 
-    async def handle(
-        self, routes: Sequence[Route], value: bytes | None, source: Mapping[str, Any]
-    ) -> list[dict[str, Any]]:
+    async def handle(self, routes: Sequence[Route], record: RawRecord) -> list[DeadLetter]:
         self.stats.received += 1
-        self.metrics.records.labels(str(source.get("topic", ""))).inc()
-        letters: list[dict[str, Any]] = []
+        self.metrics.records.labels(record.topic).inc()
+        letters: list[DeadLetter] = []
         formats = dict.fromkeys(r.format for r in routes)
         for fmt in formats:
             try:
-                event = decode_event(fmt, value)
+                event = decode_event(fmt, record.value)
             except EventError as exc:
                 self.stats.undecodable += 1
-                self.metrics.dead_letters.labels("decode_error").inc()
-                log.warning("undecodable message at %s: %s", _where(source), exc)
-                names = [r.name for r in routes if r.format == fmt]
-                letters.append(_letter(f"decode_error: {exc}", source, routes=names))
+                log.warning("undecodable message at %s: %s", _where(record), exc)
+                names = ",".join(r.name for r in routes if r.format == fmt)
+                letters.append(self._letter(DECODE_ERROR, f"{exc}; routes={names}", record))
                 continue
             for item in plan(self.config, [r for r in routes if r.format == fmt], event):
-                letter = await self._one(item, source)
+                letter = await self._one(item, record)
                 if letter is not None:
                     letters.append(letter)
         return letters
 
-    async def _one(
-        self, item: Notification | Skipped, source: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
+    def _letter(self, reason: str, detail: str, record: RawRecord) -> DeadLetter:
+        self.metrics.dead_letters.labels(reason).inc()
+        return dead_letter(
+            Rejected(reason, detail),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            payload=record.value,
+            now_ms=int(self.clock() * 1000),
+        )
+
+    async def _one(self, item: Notification | Skipped, record: RawRecord) -> DeadLetter | None:
         if isinstance(item, Skipped):
             self.stats.skipped += 1
-            self.metrics.dead_letters.labels("no_recipient").inc()
             log.warning(
-                "route %s: nothing sent for %s: %s", item.route, _where(source), item.reason
+                "route %s: nothing sent for %s: %s", item.route, _where(record), item.reason
             )
-            return _letter(item.reason, source, routes=[item.route])
+            return self._letter(NO_RECIPIENT, f"{item.reason}; route={item.route}", record)
         now = self.clock()
         dedupe = self._dedupe[item.route]
         if dedupe.is_duplicate(item.dedupe_key, now):
@@ -204,9 +219,8 @@ class Dispatcher:
             return None
         self.stats.failed += 1
         self.metrics.notification(item.route, item.channel, "failed")
-        self.metrics.dead_letters.labels("send_failed").inc()
         log.warning("route %s: %s notification given up: %s", item.route, item.channel, reason)
-        return _letter(reason, source, notification=item, attempts=attempts)
+        return self._letter(SEND_FAILED, _failed_detail(reason, item, attempts), record)
 
     async def _deliver(self, item: Notification) -> tuple[str | None, int]:
         """Send with bounded retries; (None, attempts) on success, else (reason, attempts)."""
@@ -252,34 +266,16 @@ class Dispatcher:
             self.metrics.send_duration.labels(item.channel).observe(time.perf_counter() - started)
 
 
-def _where(source: Mapping[str, Any]) -> str:
-    return f"{source.get('topic')}[{source.get('partition')}]@{source.get('offset')}"
+def _where(record: RawRecord) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
 
 
-def _letter(
-    reason: str,
-    source: Mapping[str, Any],
-    *,
-    routes: Sequence[str] = (),
-    notification: Notification | None = None,
-    attempts: int = 0,
-) -> dict[str, Any]:
-    letter: dict[str, Any] = {
-        "reason": reason,
-        "source": dict(source),
-        "failed_at_ms": int(time.time() * 1000),
-    }
-    if notification is not None:
-        letter.update(
-            route=notification.route,
-            channel=notification.channel,
-            to=notification.to,
-            subject=notification.subject,
-            attempts=attempts,
-        )
-    elif routes:
-        letter["route"] = routes[0] if len(routes) == 1 else list(routes)
-    return letter
+def _failed_detail(reason: str, item: Notification, attempts: int) -> str:
+    """What was not sent, and why: the reason, then the notification's facts as ``key=value``."""
+    return (
+        f"{reason}; route={item.route} channel={item.channel} to={item.to} "
+        f"attempts={attempts} subject={item.subject!r}"
+    )
 
 
 def _senders(config: NotifyConfig) -> dict[Channel, Sender]:
@@ -388,17 +384,13 @@ async def _consume(
         for tp, records in batches.items():
             done = 0
             for record in records:
-                source = {
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "key": record.key.decode("utf-8", "replace") if record.key else None,
-                }
-                letters = await dispatcher.handle(routes[record.topic], record.value, source)
-                for letter in letters:
-                    await producer.send_and_wait(
-                        dlq, json.dumps(letter, sort_keys=True).encode(), key=record.key
-                    )
+                raw = RawRecord(
+                    record.key, record.value, record.topic, record.partition, record.offset,
+                    record.timestamp,
+                )  # fmt: skip
+                for letter in await dispatcher.handle(routes[record.topic], raw):
+                    out = dead_letter_record(letter)
+                    await producer.send_and_wait(dlq, out.value, key=out.key, headers=out.headers)
                     stats.dead_letters += 1
                 stats.handled += 1
                 done += 1

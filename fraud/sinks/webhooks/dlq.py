@@ -1,7 +1,8 @@
 """The webhook dead letters: list them, and re-drive them to the first retry level (``fraud dlq``).
 
-A dead letter is an ``Envelope`` (JSON) on ``{alerts}-webhooks-dlq`` with ``reason``,
-``attempt``, first/last attempt times, last status and error, and the exact body.
+A dead letter on ``{alerts}-webhooks-dlq`` is a ``fraud.v1.DeadLetter`` (reason code, detail,
+the alert's topic, partition and offset) whose payload is the delivery's ``Envelope``: ``attempt``,
+first/last attempt times, last status and error, and the exact body.
 
 Re-drive publishes each matching letter to ``{alerts}-webhooks-retry-0`` with ``attempt`` reset
 to 0 and due now; the running sink delivers it (with the full retry schedule again) under the
@@ -28,10 +29,11 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from fraud.broker import ensure_topics
+from fraud.contracts.dead_letter import DeadLetter, decode_dead_letter
 from fraud.kafka_config import make_consumer, make_producer, watermark_offsets
 from fraud.settings import Settings
 from fraud.sinks.retry import RetryPolicy
-from fraud.sinks.webhooks.envelope import Envelope, decode, encode
+from fraud.sinks.webhooks.envelope import Envelope, encode, envelope_of
 from fraud.sinks.webhooks.service import dlq_topic, redriven_topic, retry_topic, sink_topics
 
 __all__ = ["DeadLetterEntry", "list_dead_letters", "redrive"]
@@ -39,10 +41,11 @@ __all__ = ["DeadLetterEntry", "list_dead_letters", "redrive"]
 
 @dataclass(frozen=True)
 class DeadLetterEntry:
-    """One dead letter and where it is in the DLQ topic."""
+    """One dead letter, the envelope it carries, and where it is in the DLQ topic."""
 
     partition: int
     offset: int
+    letter: DeadLetter
     envelope: Envelope
     redriven: bool = False
 
@@ -56,8 +59,8 @@ class DeadLetterEntry:
         state = " (re-driven)" if self.redriven else ""
         return (
             f"{self.partition}:{self.offset} {e.event_id} -> {e.subscription_id} {e.url} "
-            f"attempts={e.attempt} over {took:.1f} s reason={e.reason!r} "
-            f"last_error={e.last_error!r}{state}"
+            f"attempts={e.attempt} over {took:.1f} s reason={self.letter.reason} "
+            f"detail={self.letter.detail!r} last_error={e.last_error!r}{state}"
         )
 
 
@@ -132,18 +135,19 @@ def list_dead_letters(
 ) -> list[DeadLetterEntry]:
     """Dead letters in DLQ order, optionally only those of ``endpoint`` (subscription id or URL)
     or ``event_id`` (an event id or an alert id). Re-driven letters only with
-    ``include_redriven``. Undecodable records are skipped.
+    ``include_redriven``. Records that are not a webhook dead letter are skipped.
     """
     redriven = _redriven_keys(settings, timeout_s)
     out: list[DeadLetterEntry] = []
     for msg in _read_all(settings, dlq_topic(settings), timeout_s):
         try:
-            envelope = decode(msg.value())
+            letter = decode_dead_letter(msg.value())
+            envelope = envelope_of(letter)
         except ValueError:
             continue
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None
-        entry = DeadLetterEntry(partition, offset, envelope)
+        entry = DeadLetterEntry(partition, offset, letter, envelope)
         entry = replace(entry, redriven=entry.marker_key in redriven)
         if entry.redriven and not include_redriven:
             continue
@@ -199,8 +203,6 @@ def redrive(
             first_attempt_ms=0,
             last_attempt_ms=0,
             due_ms=now_ms,
-            reason="",
-            dead_at_ms=0,
             redrives=entry.envelope.redrives + 1,
         )
         producer.produce(

@@ -3,8 +3,10 @@
 ``Envelope`` is one pending delivery of one alert to one subscription: the raw body to POST
 (exactly the bytes that were signed the first time, so every retry sends the same body), the
 stable event id, how many attempts were made and when, the last error, and when it is due next.
-It is JSON on the wire (``encode``/``decode``), readable with any Kafka tool, and needs no
-protobuf: the retry and dead-letter topics are internal to the sink.
+It is JSON on the retry topics (``encode``/``decode``), readable with any Kafka tool. On the
+dead-letter topic it is the payload of a ``fraud.v1.DeadLetter`` (``payload_type``
+``ENVELOPE_PAYLOAD_TYPE``), the format of every dead-letter topic: ``envelope_dead_letter``
+builds one and ``envelope_of`` reads the envelope back for a re-drive.
 
 ``OffsetTracker`` is the per-partition bookkeeping that lets deliveries finish out of order while
 the committed offset never passes a record with an unfinished delivery.
@@ -20,17 +22,24 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from fraud.contracts.dead_letter import DeadLetter, dead_letter
+from fraud.contracts.wire import Rejected
+
 __all__ = [
+    "ENVELOPE_PAYLOAD_TYPE",
     "ENVELOPE_VERSION",
     "Envelope",
     "OffsetTracker",
     "decode",
     "encode",
+    "envelope_dead_letter",
+    "envelope_of",
     "event_id_for",
     "percentile",
 ]
 
 ENVELOPE_VERSION = 1
+ENVELOPE_PAYLOAD_TYPE = "fraud.webhooks.Envelope"
 
 
 def event_id_for(alert_id: str, subscription_id: str) -> str:
@@ -58,10 +67,10 @@ class Envelope:
     last_status: int | None = None  # HTTP status of the last attempt; None: no response
     last_error: str = ""
     due_ms: int = 0
-    source: str = ""  # where the alert was read: "topic[partition]@offset"
-    # dead letters only
-    reason: str = ""
-    dead_at_ms: int = 0
+    # where the alert was read (-1: unknown)
+    source_topic: str = ""
+    source_partition: int = -1
+    source_offset: int = -1
     redrives: int = 0  # times this delivery was re-driven from the dead letters
 
     def after_attempt(self, *, url: str, now_ms: int, status: int | None, error: str) -> Envelope:
@@ -138,6 +147,28 @@ def decode(raw: bytes | None) -> Envelope:
         if not ok:
             raise ValueError(f"envelope field {f.name!r} has the wrong type")
     return envelope
+
+
+def envelope_dead_letter(envelope: Envelope, rejected: Rejected, now_ms: int) -> DeadLetter:
+    """The dead letter of a delivery given up on: the envelope as its payload, keyed by the
+    event id, with the alert's coordinates as its source."""
+    return dead_letter(
+        rejected,
+        topic=envelope.source_topic,
+        partition=envelope.source_partition,
+        offset=envelope.source_offset,
+        key=envelope.event_id.encode(),
+        payload=encode(envelope),
+        now_ms=now_ms,
+        payload_type=ENVELOPE_PAYLOAD_TYPE,
+    )
+
+
+def envelope_of(letter: DeadLetter) -> Envelope:
+    """The envelope a webhook dead letter carries; ``ValueError`` for any other dead letter."""
+    if letter.payload_type != ENVELOPE_PAYLOAD_TYPE:
+        raise ValueError(f"dead letter payload is {letter.payload_type or 'a source record'!r}")
+    return decode(letter.payload)
 
 
 class OffsetTracker:

@@ -33,8 +33,10 @@ Design choices:
   memory, pauses that partition and sleeps until the earliest due time, while other partitions,
   levels and the main stream go on. Messages of one level have (nearly) the same delay, so the
   head is (nearly) the earliest; ``next_step`` sends long ``Retry-After`` waits to a later level.
-* **Dead letters** carry the envelope with ``reason``, ``attempt``, first/last attempt times,
-  last status and error; ``fraud.sinks.webhooks.dlq`` lists and re-drives them.
+* **Dead letters** are ``fraud.v1.DeadLetter`` like those of every dead-letter topic: a reason
+  code (``DEAD_LETTER_REASONS``), a detail, the alert's topic, partition and offset, and as
+  payload the envelope with ``attempt``, first/last attempt times, last status and error;
+  ``fraud.sinks.webhooks.dlq`` lists and re-drives them.
 * **Metrics.** ``WebhookStats`` counts for this run (tests, the summary line); the same points
   feed the Prometheus series of ``fraud.metrics.WebhookMetrics`` per endpoint (subscription
   id), served by ``fraud webhooks --metrics-port``.
@@ -60,7 +62,8 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
 from fraud.broker import TopicSpec, ensure_topics, topic_config
-from fraud.contracts.wire import to_json
+from fraud.contracts.dead_letter import dead_letter_record
+from fraud.contracts.wire import Rejected, to_json
 from fraud.kafka_config import aiokafka_config
 from fraud.metrics import EndpointMetrics, WebhookMetrics, webhook_metrics
 from fraud.settings import Settings
@@ -79,6 +82,7 @@ from fraud.sinks.webhooks.envelope import (
     OffsetTracker,
     decode,
     encode,
+    envelope_dead_letter,
     event_id_for,
     percentile,
 )
@@ -88,6 +92,7 @@ from fraud.v1.alert_pb2 import Alert
 from fraud.worker import fetch_backoff
 
 __all__ = [
+    "DEAD_LETTER_REASONS",
     "WebhookStats",
     "dlq_topic",
     "group_id",
@@ -109,6 +114,11 @@ ERROR_SNIPPET_BYTES = 200
 # after its partition resumes is late by at most this, well inside the retry jitter.
 FETCH_MAX_WAIT_MS = 500
 POLL_MS = 100
+# Reason codes of the webhook dead letters.
+SUBSCRIPTION_REMOVED = "subscription_removed"
+NOT_RETRYABLE = "not_retryable"  # e.g. a 4xx answer
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+DEAD_LETTER_REASONS = (SUBSCRIPTION_REMOVED, NOT_RETRYABLE, ATTEMPTS_EXHAUSTED)
 
 
 # ---------------------------------------------------------------- names
@@ -323,7 +333,7 @@ class _Sink:
     async def process(self, envelope: Envelope) -> None:
         sub = self.subscription(envelope.subscription_id)
         if sub is None:
-            await self.dead_letter(envelope, "subscription removed")
+            await self.dead_letter(envelope, Rejected(SUBSCRIPTION_REMOVED, "subscription removed"))
             return
         endpoint = self.endpoint(sub)
         if endpoint.pending >= self.max_pending and self.policy.delays:
@@ -418,7 +428,8 @@ class _Sink:
             endpoint.metrics.outcome("retried")
             log.debug("%s: %s, retry level %d", after.event_id, result.error, step.retry_level)
             return
-        await self.dead_letter(after, f"{step.reason}: {classification.reason}")
+        code = NOT_RETRYABLE if classification.outcome is Outcome.GIVE_UP else ATTEMPTS_EXHAUSTED
+        await self.dead_letter(after, Rejected(code, f"{step.reason}: {classification.reason}"))
 
     async def defer(self, envelope: Envelope, endpoint: _Endpoint) -> None:
         """Hand a delivery to the retry topic without an attempt (its endpoint is saturated)."""
@@ -433,26 +444,36 @@ class _Sink:
         self.stats.deferred += 1
         endpoint.metrics.outcome("deferred")
 
-    async def dead_letter(self, envelope: Envelope, reason: str) -> None:
-        letter = replace(envelope, reason=reason, dead_at_ms=self.now_ms(), due_ms=0)
-        await self.send(dlq_topic(self.settings), letter)
+    async def dead_letter(self, envelope: Envelope, rejected: Rejected) -> None:
+        letter = envelope_dead_letter(replace(envelope, due_ms=0), rejected, self.now_ms())
+        record = dead_letter_record(letter)
+        await self.produce(dlq_topic(self.settings), record.key, record.value, record.headers)
         self.stats.dead_lettered += 1
-        self.metrics.endpoint(letter.subscription_id).outcome("dead_lettered")
+        self.metrics.endpoint(envelope.subscription_id).outcome("dead_lettered")
         log.warning(
             "dead letter %s after %d attempt(s): %s (%s)",
-            letter.event_id,
-            letter.attempt,
-            reason,
-            letter.last_error or "-",
+            envelope.event_id,
+            envelope.attempt,
+            rejected.detail,
+            envelope.last_error or "-",
         )
 
     async def send(self, topic: str, envelope: Envelope) -> None:
+        await self.produce(topic, envelope.event_id.encode(), encode(envelope))
+
+    async def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """Produce until acknowledged (the offset is committed only after); gives up on stop."""
         delay = 0.1
         while True:
             try:
                 await self.producer.send_and_wait(
-                    topic, encode(envelope), key=envelope.event_id.encode()
+                    topic, value, key=key, headers=list(headers) or None
                 )
                 return
             except KafkaError as exc:
@@ -534,8 +555,7 @@ def _alert_envelopes(sink: _Sink, record: Any) -> list[Envelope]:
         log.error("undecodable alert at %s[%d]@%d: %s", record.topic, record.partition,
                   record.offset, exc)  # fmt: skip
         return []
-    source = f"{record.topic}[{record.partition}]@{record.offset}"
-    alert_id = alert.alert_id or source
+    alert_id = alert.alert_id or f"{record.topic}[{record.partition}]@{record.offset}"
     matching = [sub for sub in sink.watcher.current if sub.matches(alert)]
     if not matching:
         return []
@@ -548,7 +568,9 @@ def _alert_envelopes(sink: _Sink, record: Any) -> list[Envelope]:
             body=body,
             created_at_ms=alert.created_at_ms,
             url=sub.url,
-            source=source,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
         )
         for sub in matching
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fraud.contracts.dead_letter import (
@@ -17,6 +19,13 @@ from fraud.contracts.wire import Rejected
 from fraud.v1.dead_letter_pb2 import DeadLetter
 
 NOW_MS = 1_795_000_000_000
+
+
+def letter_of(rejected: Rejected, **where: Any) -> DeadLetter:
+    """``dead_letter`` of ``rejected`` at ``t[0]@0``, no key or value, unless ``where`` says."""
+    args: dict[str, Any] = {"topic": "t", "partition": 0, "offset": 0, "key": None,
+                            "payload": None, "now_ms": NOW_MS}  # fmt: skip
+    return dead_letter(rejected, **(args | where))
 
 
 def test_dead_letter_carries_reason_source_key_and_payload() -> None:
@@ -45,15 +54,7 @@ def test_dead_letter_carries_reason_source_key_and_payload() -> None:
 
 
 def test_dead_letter_of_a_missing_key_and_value_is_empty_bytes() -> None:
-    letter = dead_letter(
-        Rejected("decode_error", "empty message"),
-        topic="t",
-        partition=0,
-        offset=0,
-        key=None,
-        payload=None,
-        now_ms=1,
-    )
+    letter = letter_of(Rejected("decode_error", "empty message"))
     assert letter.key == b""
     assert letter.payload == b""
 
@@ -77,15 +78,7 @@ def test_dead_letter_headers() -> None:
 
 
 def test_the_record_is_keyed_like_the_source_with_the_headers() -> None:
-    letter = dead_letter(
-        Rejected("send_failed", "smtp down"),
-        topic="alerts",
-        partition=1,
-        offset=7,
-        key=b"C1",
-        payload=b"\x0a\x01x",
-        now_ms=NOW_MS,
-    )
+    letter = letter_of(Rejected("send_failed", "smtp down"), key=b"C1", payload=b"\x0a\x01x")
     record = dead_letter_record(letter)
     assert record.key == b"C1"
     assert record.headers == dead_letter_headers(letter)
@@ -95,14 +88,9 @@ def test_the_record_is_keyed_like_the_source_with_the_headers() -> None:
 
 def test_round_trip_keeps_the_payload_type_and_every_byte() -> None:
     payload = bytes(range(256)) * 40  # longer than the detail bound: never cut
-    letter = dead_letter(
+    letter = letter_of(
         Rejected("attempts_exhausted", "HTTP 500"),
-        topic="alerts",
-        partition=0,
-        offset=3,
-        key=None,
         payload=payload,
-        now_ms=NOW_MS,
         payload_type="fraud.webhooks.Envelope",
     )
     back = decode_dead_letter(letter.SerializeToString())
@@ -112,15 +100,7 @@ def test_round_trip_keeps_the_payload_type_and_every_byte() -> None:
 
 def test_a_long_detail_is_cut_to_the_bound_with_a_marker() -> None:
     detail = "x" * 500_000
-    letter = dead_letter(
-        Rejected("r" * 1000, detail),
-        topic="t",
-        partition=0,
-        offset=0,
-        key=None,
-        payload=None,
-        now_ms=1,
-    )
+    letter = letter_of(Rejected("r" * 1000, detail))
     assert len(letter.detail.encode()) <= MAX_DETAIL_BYTES
     assert letter.detail.startswith("x" * 1000)
     assert letter.detail.endswith("[truncated: 500000 bytes]")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from fraud.contracts.records import RawRecord
 from fraud.settings import Settings
 from fraud.sinks.notify.email import build_message
 from fraud.sinks.notify.routing import (
@@ -381,14 +382,15 @@ def dispatcher(sender: FakeSender, extra: str = "") -> tuple[Dispatcher, list[fl
     return d, sleeps
 
 
-SOURCE = {"topic": "alerts", "partition": 0, "offset": 1, "key": "C1"}
+def record(value: bytes) -> RawRecord:
+    return RawRecord(b"C1", value, "alerts", 0, 1, 0)
 
 
 def test_dispatcher_retries_with_backoff_then_succeeds() -> None:
     sender = FakeSender([SendError("down", retryable=True), SendError("slow", retryable=True,
                                                                       retry_after=9)])  # fmt: skip
     d, sleeps = dispatcher(sender)
-    letters = asyncio.run(d.handle(d.config.routes, make_alert().SerializeToString(), SOURCE))
+    letters = asyncio.run(d.handle(d.config.routes, record(make_alert().SerializeToString())))
     assert letters == [] and len(sender.sent) == 1
     assert sleeps == [1.0, 1.5]  # 1 s, then 2 s capped at 1.5 (Retry-After capped as well)
     assert d.stats.sent == 1 and d.stats.retries == 2
@@ -398,19 +400,23 @@ def test_dispatcher_gives_up_and_the_breaker_opens() -> None:
     errors = [SendError("refused", retryable=True) for _ in range(6)]
     sender = FakeSender(errors)
     d, _ = dispatcher(sender)
-    value = make_alert().SerializeToString()
-    first = asyncio.run(d.handle(d.config.routes, value, SOURCE))
-    assert [lt["reason"] for lt in first] == ["refused (after 3 attempts)"]
-    assert first[0]["attempts"] == 3 and first[0]["source"] == SOURCE
-    asyncio.run(d.handle(d.config.routes, value, SOURCE))
-    third = asyncio.run(d.handle(d.config.routes, value, SOURCE))  # 2 failures: breaker open
-    assert third[0]["reason"].startswith("circuit open: email failed 2 times")
+    value = record(make_alert().SerializeToString())
+    first = asyncio.run(d.handle(d.config.routes, value))
+    assert [(lt.reason, lt.detail.split(";")[0]) for lt in first] == [
+        ("send_failed", "refused (after 3 attempts)")
+    ]
+    assert "attempts=3" in first[0].detail
+    assert (first[0].source_topic, first[0].source_offset, first[0].key) == ("alerts", 1, b"C1")
+    asyncio.run(d.handle(d.config.routes, value))
+    third = asyncio.run(d.handle(d.config.routes, value))  # 2 failures: breaker open
+    assert third[0].detail.startswith("circuit open: email failed 2 times")
     assert len(errors) == 0 and d.stats.failed == 3
     # a permanent error is not retried
     sender2 = FakeSender([SendError("550 no such user", retryable=False)])
     d2, sleeps = dispatcher(sender2)
-    [letter] = asyncio.run(d2.handle(d2.config.routes, value, SOURCE))
-    assert letter["reason"] == "550 no such user" and letter["attempts"] == 1 and sleeps == []
+    [letter] = asyncio.run(d2.handle(d2.config.routes, value))
+    assert letter.detail.startswith("550 no such user;") and "attempts=1" in letter.detail
+    assert sleeps == []
 
 
 def test_serve_notifier_refuses_a_bad_config(tmp_path: Path, capsys: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import tomllib
 import urllib.request
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraud import cli
 from fraud.broker import free_port
+from fraud.contracts.records import RawRecord
 from fraud.metrics import NotifierMetrics, serve_metrics
 from fraud.sinks.notify.routing import Notification, SendError, parse_config
 from fraud.sinks.notify.service import Dispatcher
@@ -125,18 +125,19 @@ def test_notifier_dispatcher_feeds_its_metrics() -> None:
             "fraud_notifier_notifications_total", route="desk", channel="email", outcome=outcome
         )
 
-    source: dict[str, Any] = {"topic": "t-alerts", "partition": 0, "offset": 0}
+    def source(value: bytes) -> RawRecord:
+        return RawRecord(None, value, "t-alerts", 0, 0, 0)
 
     async def main() -> None:
         assert notifications("sent") == 0 and notifications("failed") == 0  # there from start
         sender.errors = [SendError("busy", retryable=True)]
-        assert await d.handle(config.routes, alert("C1"), source) == []  # sent on the retry
-        assert await d.handle(config.routes, alert("C1"), source) == []  # duplicate
-        assert await d.handle(config.routes, alert("C2"), source) == []  # 1 per minute
+        assert await d.handle(config.routes, source(alert("C1"))) == []  # sent on the retry
+        assert await d.handle(config.routes, source(alert("C1"))) == []  # duplicate
+        assert await d.handle(config.routes, source(alert("C2"))) == []  # 1 per minute
         clock[0] += 120
         sender.errors = [SendError("down", retryable=True), SendError("down", retryable=True)]
-        assert len(await d.handle(config.routes, alert("C3"), source)) == 1  # given up
-        assert len(await d.handle(config.routes, b"\xff\xff", source)) == 1  # undecodable
+        assert len(await d.handle(config.routes, source(alert("C3")))) == 1  # given up
+        assert len(await d.handle(config.routes, source(b"\xff\xff"))) == 1  # undecodable
 
     asyncio.run(main())
     assert len(sender.sent) == 1

@@ -332,7 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         if name == "tail":
-            p.add_argument("kind", choices=["decisions", "alerts", "dead-letters"])
+            p.add_argument(
+                "kind",
+                choices=[
+                    "decisions", "alerts",
+                    "dead-letters", "webhook-dead-letters", "notifier-dead-letters",
+                ],
+            )  # fmt: skip
         p.add_argument("--from-beginning", action="store_true", help="start at the oldest")
         p.add_argument("--json", action="store_true", help="JSON lines instead of text")
         p.add_argument("--limit", type=_positive(int), help="stop after this many")

@@ -1,4 +1,8 @@
-"""Tail a topic of the engine (alerts, decisions, dead letters) as text or JSON lines."""
+"""Tail a topic of the engine (alerts, decisions, dead letters) as text or JSON lines.
+
+Every dead-letter topic carries ``fraud.v1.DeadLetter``: the engine's (``dead-letters``), the
+webhook sink's and the notifier's are read the same way.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,19 @@ from google.protobuf.message import DecodeError, Message
 from fraud.contracts.wire import decision_summary, to_json
 from fraud.kafka_config import make_consumer
 from fraud.settings import Settings
+from fraud.sinks.notify import service as notifier
+from fraud.sinks.webhooks import service as webhooks
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Decision
 
-KINDS = ("alerts", "decisions", "dead-letters")
+DEAD_LETTER_KINDS = ("dead-letters", "webhook-dead-letters", "notifier-dead-letters")
+KINDS = ("alerts", "decisions", *DEAD_LETTER_KINDS)
+_MESSAGES: dict[str, type[Message]] = {
+    "alerts": Alert,
+    "decisions": Decision,
+    **dict.fromkeys(DEAD_LETTER_KINDS, DeadLetter),
+}
 
 
 def _topic(settings: Settings, kind: str) -> str:
@@ -26,11 +38,15 @@ def _topic(settings: Settings, kind: str) -> str:
         "alerts": names.alerts,
         "decisions": names.decisions,
         "dead-letters": names.dead_letters,
+        "webhook-dead-letters": webhooks.dlq_topic(settings),
+        "notifier-dead-letters": notifier.dlq_topic(settings),
     }[kind]
 
 
 def _decoder(kind: str) -> Callable[[bytes], Message]:
-    cls = {"alerts": Alert, "decisions": Decision, "dead-letters": DeadLetter}[kind]
+    cls = (
+        DeadLetter if kind in DEAD_LETTER_KINDS else {"alerts": Alert, "decisions": Decision}[kind]
+    )
 
     def decode(value: bytes) -> Message:
         msg: Message = cls()
@@ -46,9 +62,10 @@ def human(kind: str, msg: Message) -> str:
     if isinstance(msg, Decision):
         return decision_summary(msg)
     if isinstance(msg, DeadLetter):
+        payload = f" [payload {msg.payload_type}]" if msg.payload_type else ""
         return (
             f"DEAD {msg.source_topic}[{msg.source_partition}]@{msg.source_offset} "
-            f"{msg.reason}: {msg.detail}"
+            f"{msg.reason}: {msg.detail}{payload}"
         )
     return to_json(msg)  # pragma: no cover
 

@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException
 from fraud.broker import (
     ENGINE_ENV,
     ENGINES,
+    BrokerChoice,
     BrokerError,
     choose_engine,
     ensure_topics,
@@ -497,8 +498,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(
         _settings(args),
-        external=args.external,
-        engine=args.engine,
+        choice=BrokerChoice(external=args.external, engine=args.engine),
         customers=args.customers,
         days=args.days,
         rate=None if args.max_speed else args.rate,
@@ -701,7 +701,6 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fraud.tools.bench.latency import BrokerChoice
 
     settings = _settings(args)
     choice = BrokerChoice(external=args.external, engine=args.engine)

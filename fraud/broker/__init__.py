@@ -12,6 +12,8 @@ cluster.
 from fraud.broker.engine import (
     ENGINE_ENV,
     ENGINES,
+    LOCAL_BROKER,
+    BrokerChoice,
     BrokerInUse,
     LocalBroker,
     broker_in_use,
@@ -34,7 +36,9 @@ from fraud.broker.topics import (
 __all__ = [
     "ENGINES",
     "ENGINE_ENV",
+    "LOCAL_BROKER",
     "PID_FILE",
+    "BrokerChoice",
     "BrokerError",
     "BrokerInUse",
     "BrokerInfo",

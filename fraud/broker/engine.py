@@ -86,6 +86,18 @@ def local_broker(
 
 
 @dataclass(frozen=True)
+class BrokerChoice:
+    """Where a tool runs: the cluster at the settings' brokers (``external``), or a fresh local
+    broker of ``engine`` (``kafka``, ``noida``, None for auto: see ``choose_engine``)."""
+
+    external: bool = False
+    engine: str | None = None
+
+
+LOCAL_BROKER = BrokerChoice()
+
+
+@dataclass(frozen=True)
 class BrokerInUse:
     """The broker a tool runs against: one it started, or the user's cluster."""
 
@@ -103,21 +115,21 @@ class BrokerInUse:
 
 @contextlib.contextmanager
 def broker_in_use(
-    external: str | None,
+    choice: BrokerChoice,
+    brokers: str,
     data_dir: Path,
-    engine: str | None = None,
     nodes: int = 1,
     say: Say = print,
 ) -> Iterator[BrokerInUse]:
-    """The cluster at ``external`` (bootstrap servers) as it is, or else a local broker of
-    ``engine`` (see ``choose_engine``) with its data in ``data_dir``, started on free ports
-    and stopped on the way out."""
-    if external is not None:
-        use = BrokerInUse(external, "external", "")
+    """The cluster at ``brokers`` (bootstrap servers) as it is when ``choice`` is external,
+    else a local broker of ``choice.engine`` with its data in ``data_dir``, started on free
+    ports and stopped on the way out."""
+    if choice.external:
+        use = BrokerInUse(brokers, "external", "")
         say(f"broker: {use.describe()}")
         yield use
         return
-    broker = local_broker(choose_engine(engine, say), data_dir, nodes=nodes, say=say)
+    broker = local_broker(choose_engine(choice.engine, say), data_dir, nodes=nodes, say=say)
     broker.start()
     use = BrokerInUse(broker.bootstrap, broker.engine, broker.version, broker.pids)
     say(f"broker: {use.describe()}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from fraud.broker import broker_in_use, ensure_topics
+from fraud.broker import LOCAL_BROKER, BrokerChoice, broker_in_use, ensure_topics
 from fraud.ingest.replay import Pacing, ReplayStats, producer, replay
 from fraud.settings import Settings
 from fraud.sinks.webhooks.envelope import percentile
@@ -261,8 +261,7 @@ def drain(consumer: Consumer, quiet_s: float, handle: Callable[[bytes], None]) -
 def run_demo(
     base: Settings,
     *,
-    external: bool = False,
-    engine: str | None = None,
+    choice: BrokerChoice = LOCAL_BROKER,
     workdir: Path | None = None,
     customers: int = 200,
     days: int = 30,
@@ -279,9 +278,7 @@ def run_demo(
     summary = DemoSummary()
     brokers = contextlib.ExitStack()
     try:
-        use = brokers.enter_context(
-            broker_in_use(base.brokers if external else None, root / "broker", engine, say=say)
-        )
+        use = brokers.enter_context(broker_in_use(choice, base.brokers, root / "broker", say=say))
         summary.broker = use.describe()
         settings = base.with_overrides(data_dir=root / "state", brokers=use.bootstrap)
         created = ensure_topics(settings)

@@ -3,8 +3,9 @@ through the broker and a worker that checks every transaction is decided and tim
 
 from __future__ import annotations
 
+from fraud.broker import BrokerChoice
 from fraud.settings import Settings
-from fraud.tools.bench.latency import BrokerChoice, environment
+from fraud.tools.bench.latency import environment
 from fraud.tools.bench.load import run_load
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fraud.broker import BrokerInUse, broker_in_use, ensure_topics
+from fraud.broker import LOCAL_BROKER, BrokerChoice, BrokerInUse, broker_in_use, ensure_topics
 from fraud.settings import Settings
 from fraud.tools.bench.load import LoadResult, run_load
 from fraud.tools.bench.report import machine, plot_latency, table, write_json
@@ -43,26 +43,13 @@ class Environment:
     broker: BrokerInUse
 
 
-@dataclass(frozen=True)
-class BrokerChoice:
-    """Where a benchmark runs: the cluster at the settings' brokers (``external``), or a
-    fresh local broker of ``engine`` per phase (``kafka``, ``noida``, None for auto)."""
-
-    external: bool = False
-    engine: str | None = None
-
-
-LOCAL_BROKER = BrokerChoice()
-
-
 @contextlib.contextmanager
 def broker(
     base: Settings, choice: BrokerChoice, root: Path, say: Say
 ) -> Iterator[tuple[Settings, BrokerInUse]]:
     """``base`` on a fresh local broker under ``root`` (stopped at the end), or as given."""
     root.mkdir(parents=True, exist_ok=True)
-    external = base.brokers if choice.external else None
-    with broker_in_use(external, root / "broker", choice.engine, say=say) as use:
+    with broker_in_use(choice, base.brokers, root / "broker", say=say) as use:
         yield base.with_overrides(brokers=use.bootstrap), use
 
 

@@ -25,14 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fraud.broker import BrokerInUse, TopicSpec, ensure_topics
+from fraud.broker import LOCAL_BROKER, BrokerChoice, BrokerInUse, TopicSpec, ensure_topics
 from fraud.ingest.replay import replay
 from fraud.scoring.features import DAY_MS
 from fraud.settings import Settings
 from fraud.tools.bench import usage
 from fraud.tools.bench.latency import (
-    LOCAL_BROKER,
-    BrokerChoice,
     broker,
     broker_record,
     environment,

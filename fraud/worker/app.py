@@ -11,6 +11,7 @@ the worker's state and protocol (alignment, the in-line switch, checkpoints); th
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +160,51 @@ def _observe_lag_and_tables(
         metrics.set_table_size(name, store.estimate_keys(owned.get(topic, [])))
 
 
+def _table(app: faust.App, settings: Settings, name: str) -> Any:
+    return app.Table(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        # Faust creates the changelog compacted; it keeps the settings' durability too
+        extra_topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)},
+    )
+
+
+def _prepare(
+    settings: Settings,
+    loop: WorkerLoop,
+    emitter: KafkaEmitter,
+    customer_store: FaustTableStore,
+    terminal_store: FaustTableStore,
+) -> None:
+    """One-time costs before the first transaction: open the RocksDB of every assigned
+    partition, read the input topics' high watermarks, and fetch the output topics' metadata
+    (measured: about a second of backlog at 1,000 tx/s when left to the first batches)."""
+    names = settings.topic_names
+    repartition = by_terminal_topic(settings)
+    store_of = {
+        names.transactions: customer_store,
+        repartition: terminal_store,
+        names.labels: terminal_store,
+    }
+    for topic, partition in loop.consumer.assignment():
+        if topic in store_of:
+            store_of[topic].open_partition(partition)
+    highs = high_watermarks(settings.brokers, [names.transactions, names.labels, repartition])
+    loop.positions.start_highs.update(highs)
+    emitter.warm(
+        [
+            names.decisions,
+            names.alerts,
+            names.dead_letters,
+            repartition,
+            customer_store.changelog_topic,
+            terminal_store.changelog_topic,
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class WorkerApp:
     app: faust.App
@@ -180,19 +226,11 @@ def create_app(
     transactions = _raw_topic(app, names.transactions, settings.partitions)
     by_terminal = _raw_topic(app, repartition, settings.partitions)
     labels = _raw_topic(app, names.labels, settings.partitions)
-    tables = [
-        app.Table(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.partitions,
-            # Faust creates the changelog compacted; it keeps the settings' durability too
-            extra_topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)},
-        )
-        for name in ("customer-state", "terminal-state")
-    ]
     emitter = KafkaEmitter(settings.brokers)
-    customer_store, terminal_store = (FaustTableStore(t, emitter) for t in tables)
+    customer_store, terminal_store = (
+        FaustTableStore(_table(app, settings, name), emitter)
+        for name in ("customer-state", "terminal-state")
+    )
     lateness = settings.allowed_lateness_ms
     customers = CustomerStage(
         customer_store,
@@ -250,29 +288,5 @@ def create_app(
     async def observe_lag_and_tables() -> None:
         _observe_lag_and_tables(consumer, metrics, stores)
 
-    def prepare() -> None:
-        """One-time costs before the first transaction: open the RocksDB of every assigned
-        partition and fetch the output topics' metadata (measured: about a second of backlog
-        at 1,000 tx/s when left to the first batches)."""
-        store_of = {
-            names.transactions: customer_store,
-            repartition: terminal_store,
-            names.labels: terminal_store,
-        }
-        for topic, partition in consumer.assignment():
-            if topic in store_of:
-                store_of[topic].open_partition(partition)
-        highs = high_watermarks(settings.brokers, [names.transactions, names.labels, repartition])
-        loop.positions.start_highs.update(highs)
-        emitter.warm(
-            [
-                names.decisions,
-                names.alerts,
-                names.dead_letters,
-                repartition,
-                customer_store.changelog_topic,
-                terminal_store.changelog_topic,
-            ]
-        )
-
+    prepare = functools.partial(_prepare, settings, loop, emitter, customer_store, terminal_store)
     return WorkerApp(app, prepare, loop.close, terminals)

@@ -640,10 +640,11 @@ def test_labels_still_streaming_in_reach_the_decision_in_line(policy: Policy) ->
 
         deciding = asyncio.ensure_future(h.transactions([tx(n, customer_on(0, 20), "T1")]))
         await settle()
+        label_events = []
         for i, past in enumerate(history):
             assert not deciding.done(), f"decided before label {i}"
             h.mono.advance(13)
-            h.labels([fraud_label(past)])
+            label_events += h.labels([fraud_label(past)])
             await settle()
         await deciding
         assert h.mono.now_ms == 13 * n > SETTINGS.label_wait_ms
@@ -653,6 +654,12 @@ def test_labels_still_streaming_in_reach_the_decision_in_line(policy: Policy) ->
         assert decision.features["terminal_nb_tx_1d"] == n
         assert decision.features["terminal_risk_1d"] == 1.0
         assert h.metric("fraud_label_wait_timeouts_total") == 0
+        assert h.metric("fraud_labels_applied_total") == n
+
+        # the labels are held for the checkpoint that the decided batch started
+        assert all(e.increfs == 1 for e in label_events)
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once(label_events)
 
     run(main)
 

@@ -78,7 +78,7 @@ class Settings:
     # at 1 s; a 403k-transaction replay 19,460 tx/s at 0.2 s, 21,320 at 1 s, 17-19k before).
     checkpoint_s: float = 0.2
     # Decide in the customer agent, skipping the repartition topic, while this worker owns
-    # every partition (fraud/worker/app.py: single_stage); off: always two stages.
+    # every partition (fraud/worker/partitions.py: RepartitionHop); off: always two stages.
     single_stage: bool = True
     # Decision table and model table (None: no model, the rules decide alone).
     rules_path: Path = Path(__file__).resolve().parent.parent / "tables" / "rules" / "v1.csv"

@@ -17,7 +17,7 @@ partitions of one worker:
   so each customer keeps its order).
 
 Holding is safe for at-least-once because a held message is not acknowledged: the committed
-offset stays below it, and a restart delivers it again (see ``fraud/worker/app.py``). Caught up
+offset stays below it, and a restart delivers it again (``fraud/worker/checkpoint.py``). Caught up
 partitions do not hold anything back, so live traffic is never delayed.
 
 Pure logic: the caller passes positions and the clock; no Kafka here.

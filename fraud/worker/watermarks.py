@@ -25,21 +25,31 @@ NO_TIME = -(2**63)
 
 
 class LabelWatermarks:
-    def __init__(self, position: Callable[[int], Position], max_wait_s: float) -> None:
+    def __init__(
+        self,
+        position: Callable[[int], Position],
+        max_wait_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._position = position  # labels partition -> what the consumer knows of it
         self.max_wait_s = max_wait_s
+        self._clock = clock  # monotonic seconds
         self.event_time: dict[int, int] = {}
         self.next_offset: dict[int, int] = {}
         self.timeouts = 0
         self._changed = asyncio.Event()
-        self._progress_at = float("-inf")  # monotonic time of the last label applied
+        self._progress_at = float("-inf")  # clock of the last label applied
 
     def advance(self, partition: int, event_time_ms: int, offset: int) -> None:
         if event_time_ms > self.event_time.get(partition, NO_TIME):
             self.event_time[partition] = event_time_ms
         if offset + 1 > self.next_offset.get(partition, -1):
             self.next_offset[partition] = offset + 1
-        self._progress_at = time.monotonic()
+        self._progress_at = self._clock()
+        self._changed.set()
+
+    def recheck(self) -> None:
+        """Wake the waits to check again now: the consumer's positions or the clock moved."""
         self._changed.set()
 
     def ready(self, partition: int, event_time_ms: int) -> bool:
@@ -50,14 +60,16 @@ class LabelWatermarks:
     async def wait(self, needs: Mapping[int, int]) -> bool:
         """Wait until every partition in ``needs`` is ready for its event time, or until
         ``max_wait_s`` passed with no label applied (since the start of the wait)."""
-        started = time.monotonic()
+        started = self._clock()
         while True:
             if all(self.ready(p, t) for p, t in needs.items()):
                 return True
-            left = max(started, self._progress_at) + self.max_wait_s - time.monotonic()
+            left = max(started, self._progress_at) + self.max_wait_s - self._clock()
             if left <= 0:
                 self.timeouts += 1
                 return False
             self._changed.clear()
+            # Woken by a label applied, and at least every 10 ms: the consumer's positions
+            # (caught up or not) move without one.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.01))

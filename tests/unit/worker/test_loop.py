@@ -1,0 +1,695 @@
+"""The worker loop without a broker or a Faust app: a fake consumer, a fake emitter, fake
+events that count their acks, a fake monotonic clock, and the real aligner, label watermarks
+and stages on in-memory stores.
+
+Background flushes go through ``Background``, which holds each one until the test opens its
+gate, so "a checkpoint in flight" is a state the test sets, not a race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable, Sequence, Set
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from fraud.contracts.partitioning import CONTRACT_HEADER, ENRICHED_BATCH, partition_for
+from fraud.contracts.records import RawRecord
+from fraud.metrics import WorkerMetrics
+from fraud.scoring.policy import load_policy
+from fraud.scoring.stages import CustomerStage, Policy, TerminalStage
+from fraud.settings import Settings
+from fraud.testing import FakeClock, make_record
+from fraud.v1.decision_pb2 import Decision
+from fraud.v1.enriched_pb2 import EnrichedBatch
+from fraud.v1.label_pb2 import Label
+from fraud.v1.transaction_pb2 import Transaction
+from fraud.windows.store import InMemoryStore
+from fraud.worker.checkpoint import Checkpoints, Delivery, Offsets
+from fraud.worker.loop import WorkerLoop
+from fraud.worker.partitions import TopicPartition, by_terminal_topic
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+T = 1_522_540_800_000 + 40 * DAY_MS  # event time of the transactions under test
+P = 2  # partitions of every topic
+SETTINGS = Settings(partitions=P, checkpoint_s=0.2, label_wait_ms=250, align_slack_ms=0)
+REPARTITION = by_terminal_topic(SETTINGS)
+TOPICS = ("transactions", "labels", REPARTITION)
+GARBAGE = b"\xff\xff\xff\xff"
+
+
+def customer_on(partition: int, n: int = 0) -> str:
+    """The ``n``-th customer id whose records go to ``partition``."""
+    found = [c for c in (f"cust-{i}" for i in range(100)) if partition_for(c, P) == partition]
+    return found[n]
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    """The default decision table (tables/rules/v1.csv), no model."""
+    return load_policy(Settings().rules_path)
+
+
+class FakeEvent:
+    """A consumed message that counts its acks and increfs, in the journal too."""
+
+    def __init__(self, name: str, journal: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.journal = journal
+        self.acks = 0
+        self.increfs = 0
+
+    @property
+    def message(self) -> FakeEvent:
+        return self
+
+    def incref(self) -> None:
+        self.increfs += 1
+
+    def ack(self) -> bool:
+        self.acks += 1
+        self.journal.append(("ack", self.name))
+        return True
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.assigned: set[TopicPartition] = {(t, p) for t in TOPICS for p in range(P)}
+        self.highs: dict[TopicPartition, int] = {tp: 0 for tp in self.assigned}
+        self.starts: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+
+    def assignment(self) -> Set[TopicPartition]:
+        return set(self.assigned)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highs.get(tp)
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        return self.starts.get(tp)
+
+    def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
+        self.paused.update(tps)
+
+    def resume_partitions(self, tps: Iterable[TopicPartition]) -> None:
+        self.paused.difference_update(tps)
+
+
+@dataclass(frozen=True)
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None
+    headers: Sequence[tuple[str, bytes]] | None
+    offset: int | None  # assigned when sent with track_offset
+
+
+class FakeEmitter:
+    """Keeps what is sent; a flush "delivers" the tracked messages at consecutive offsets."""
+
+    def __init__(self, journal: list[tuple[str, str]]) -> None:
+        self.journal = journal
+        self.sent: list[Sent] = []
+        self.flushes = 0
+        self._next: dict[TopicPartition, int] = {}
+        self._delivered: Offsets = {}
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        track_offset: bool = False,
+    ) -> None:
+        offset = None
+        if track_offset:
+            tp = (topic, partition if partition is not None else 0)
+            offset = self._next.get(tp, 0)
+            self._next[tp] = offset + 1
+            self._delivered[tp] = offset
+        self.sent.append(Sent(topic, key, value, partition, headers, offset))
+        self.journal.append(("send", topic))
+
+    def flush(self) -> Offsets:
+        self.flushes += 1
+        self.journal.append(("flush", ""))
+        delivered, self._delivered = self._delivered, {}
+        return delivered
+
+    def on(self, topic: str) -> list[Sent]:
+        return [s for s in self.sent if s.topic == topic]
+
+    def decisions(self) -> list[Decision]:
+        return [Decision.FromString(s.value) for s in self.on("decisions")]
+
+
+class FakeChangelog:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.offsets: list[Offsets] = []
+
+    def send_changelog(self) -> int:
+        self.calls += 1
+        return 1
+
+    def on_changelog_offsets(self, offsets: Offsets) -> None:
+        self.offsets.append(offsets)
+
+
+class Background:
+    """Runs each flush once the gate is open (it starts open); counts flushes in flight."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def __call__(self, flush: Callable[[], Offsets]) -> Offsets:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+            return flush()
+        finally:
+            self.in_flight -= 1
+
+
+async def settle() -> None:
+    """Let every ready task run until it waits again (event-loop turns, not time)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(main())
+
+
+class Harness:
+    """A ``WorkerLoop`` over fakes; build it inside the test's event loop."""
+
+    def __init__(self, policy: Policy, settings: Settings = SETTINGS) -> None:
+        self.journal: list[tuple[str, str]] = []
+        self.mono = FakeClock(0)  # milliseconds; the loop reads seconds
+        self.wall = FakeClock(T + HOUR_MS)
+        self.consumer = FakeConsumer()
+        self.emitter = FakeEmitter(self.journal)
+        self.changelogs = [FakeChangelog(), FakeChangelog()]
+        self.background = Background()
+        self.registry = CollectorRegistry()
+        self.terminals = TerminalStage(InMemoryStore(), self.wall, policy)
+        self.loop = WorkerLoop(
+            settings,
+            CustomerStage(InMemoryStore(), self.wall, partitions=P),
+            self.terminals,
+            self.consumer,
+            self.emitter,
+            self.changelogs,
+            WorkerMetrics(self.registry),
+            clock=lambda: self.mono.now_ms / 1000,
+            in_background=self.background,
+        )
+        self._offsets: dict[TopicPartition, int] = {}
+        self._events = 0
+
+    def event(self, name: str | None = None) -> FakeEvent:
+        self._events += 1
+        return FakeEvent(name or f"e{self._events}", self.journal)
+
+    def record(
+        self, topic: str, partition: int, key: bytes, value: bytes, caught_up: bool = True
+    ) -> RawRecord:
+        """The next record of ``topic``'s ``partition``; the consumer's high watermark follows
+        it unless ``caught_up`` is False."""
+        tp = (topic, partition)
+        offset = self._offsets.get(tp, 0)
+        self._offsets[tp] = offset + 1
+        if caught_up:
+            self.consumer.highs[tp] = max(self.consumer.highs.get(tp, 0), offset + 1)
+        return RawRecord(key, value, topic, partition, offset, T)
+
+    def tx_records(self, txs: Sequence[Transaction], caught_up: bool = True) -> list[RawRecord]:
+        out = []
+        for tx in txs:
+            p = partition_for(tx.customer_id, P)
+            rec = self.record("transactions", p, tx.customer_id.encode(), b"", caught_up)
+            out.append(make_record(tx, p, rec.offset, timestamp_ms=T))
+        return out
+
+    async def transactions(
+        self, txs: Sequence[Transaction], caught_up: bool = True
+    ) -> list[FakeEvent]:
+        records = self.tx_records(txs, caught_up)
+        events = [self.event(tx.transaction_id) for tx in txs]
+        await self.loop.on_transactions(records, events)
+        return events
+
+    def labels(self, labels: Sequence[Label]) -> list[FakeEvent]:
+        records = [
+            self.record(
+                "labels", partition_for(lab.terminal_id, P), lab.terminal_id.encode(),
+                lab.SerializeToString(), caught_up=False,
+            )
+            for lab in labels
+        ]  # fmt: skip
+        events = [self.event(f"label-{lab.transaction_id}") for lab in labels]
+        self.loop.on_labels(records, events)
+        return events
+
+    def hop_records(self) -> list[RawRecord]:
+        """What the emitter sent on the repartition topic, as the terminal agent reads it."""
+        records = []
+        for s in self.emitter.on(REPARTITION):
+            assert s.partition is not None and s.offset is not None
+            records.append(
+                RawRecord(None, s.value, REPARTITION, s.partition, s.offset, T, ENRICHED_BATCH)
+            )
+        return records
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        assert value is not None, name
+        return value
+
+    def acked_once(self, events: Iterable[FakeEvent]) -> bool:
+        return all(e.acks == 1 for e in events)
+
+
+def tx(n: int, customer: str, terminal: str = "term-1", t: int = T) -> Transaction:
+    return Transaction(
+        transaction_id=f"tx-{n}",
+        customer_id=customer,
+        terminal_id=terminal,
+        amount_minor=1000 + n,
+        currency="EUR",
+        event_time_ms=t,
+    )
+
+
+def fraud_label(tx: Transaction) -> Label:
+    return Label(
+        transaction_id=tx.transaction_id,
+        customer_id=tx.customer_id,
+        terminal_id=tx.terminal_id,
+        fraud=True,
+        transaction_time_ms=tx.event_time_ms,
+        event_time_ms=tx.event_time_ms + 7 * DAY_MS,
+    )
+
+
+# --- release ------------------------------------------------------------------------------------
+
+
+def test_only_what_the_aligner_releases_is_decided(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        ahead, behind = customer_on(0), customer_on(1)
+        # partition 1 has a backlog not read yet: partition 0's transaction must wait for it
+        h.consumer.highs[("transactions", 1)] = 5
+        h.consumer.starts[("transactions", 1)] = 0
+        [early] = await h.transactions([tx(1, ahead, t=T)])
+        assert h.emitter.decisions() == []
+        assert (early.increfs, early.acks) == (1, 0)
+        assert h.loop.aligner.held() == 1
+
+        # partition 1 reaches T - 1 h: what is at or before it goes, T waits
+        await h.transactions([tx(2, behind, t=T - HOUR_MS)], caught_up=False)
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-2"]
+        assert h.loop.aligner.held() == 1
+
+        # partition 1 read to its end: the timer releases the rest
+        h.consumer.highs[("transactions", 1)] = 1
+        await h.loop.tick()
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-2", "tx-1"]
+        assert h.loop.aligner.held() == 0
+        assert early.acks == 0  # in line: acknowledged at the next checkpoint
+
+    run(main)
+
+
+# --- the single-stage switch ----------------------------------------------------------------------
+
+
+def test_in_line_when_every_partition_is_owned_and_the_hop_is_drained(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        assert h.loop.hop.single_stage()
+        events = await h.transactions([tx(1, customer_on(0)), tx(2, customer_on(1))])
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
+        assert h.emitter.on(REPARTITION) == []
+        assert h.metric("fraud_repartitioned_transactions_total") == 0
+        assert [e.acks for e in events] == [0, 0]
+        assert h.emitter.flushes == 0  # the decisions wait for the checkpoint's flush
+
+    run(main)
+
+
+@pytest.mark.parametrize("missing", TOPICS)
+def test_a_partition_not_owned_turns_the_hop_on(policy: Policy, missing: str) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        h.consumer.assigned.discard((missing, 1))
+        assert not h.loop.hop.single_stage()
+        # both on partition 0 of the transactions, which stays assigned
+        events = await h.transactions([tx(1, customer_on(0), "T1"), tx(2, customer_on(0, 1), "T1")])
+        assert h.emitter.decisions() == []
+        [sent] = h.emitter.on(REPARTITION)
+        assert sent.partition == partition_for("T1", P)
+        assert sent.headers == [(CONTRACT_HEADER, ENRICHED_BATCH)]
+        batch = EnrichedBatch.FromString(sent.value)
+        assert [e.transaction.transaction_id for e in batch.items] == ["tx-1", "tx-2"]
+        assert h.metric("fraud_repartitioned_transactions_total") == 2
+        # on the hop, a batch is acknowledged once delivered, at once
+        assert h.acked_once(events)
+        assert h.journal.index(("flush", "")) < h.journal.index(("ack", "tx-1"))
+        assert h.loop.hop.sent == {sent.partition: 0}
+
+    run(main)
+
+
+def test_hop_records_sent_but_not_processed_keep_the_hop_on(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        h.consumer.assigned.discard(("labels", 0))
+        await h.transactions([tx(1, customer_on(0), "T1")])
+        [hop_record] = h.hop_records()
+        p = hop_record.partition
+        h.consumer.highs[(REPARTITION, p)] = hop_record.offset + 1
+        h.consumer.assigned.add(("labels", 0))  # every partition owned again ...
+        assert not h.loop.hop.single_stage()  # ... but the hop's record is not processed yet
+
+        await h.loop.on_repartitioned([hop_record])
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1"]
+        assert h.loop.hop.processed == {p: hop_record.offset + 1}
+        assert h.loop.hop.single_stage()
+        await h.transactions([tx(2, customer_on(0), "T1")])
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
+        assert len(h.hop_records()) == 1
+
+        # records on the hop from another worker, not processed here: not drained
+        h.consumer.highs[(REPARTITION, 1 - p)] = 3
+        assert not h.loop.hop.single_stage()
+
+    run(main)
+
+
+def test_a_rebalance_that_takes_a_partition_away_turns_the_hop_back_on(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        await h.transactions([tx(1, customer_on(0), "T1")])
+        assert h.emitter.on(REPARTITION) == [] and len(h.emitter.decisions()) == 1
+        h.consumer.assigned.discard((REPARTITION, 0))
+        assert not h.loop.hop.single_stage()
+        await h.transactions([tx(2, customer_on(0), "T1")])
+        assert len(h.emitter.on(REPARTITION)) == 1 and len(h.emitter.decisions()) == 1
+
+    run(main)
+
+
+def test_single_stage_off_in_the_settings_always_takes_the_hop(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        assert not h.loop.hop.single_stage()
+        events = await h.transactions([tx(1, customer_on(0))])
+        assert h.emitter.decisions() == []
+        assert len(h.emitter.on(REPARTITION)) == 1
+        assert h.acked_once(events)
+
+    run(main)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def test_in_line_events_are_acked_once_after_their_checkpoint_is_flushed(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        first = await h.transactions([tx(1, customer_on(0))])
+        h.mono.advance(100)
+        second = await h.transactions([tx(2, customer_on(1))])
+        assert h.emitter.flushes == 0 and not h.loop.checkpoints.due()
+        h.background.gate.clear()
+        h.mono.advance(100)  # checkpoint_s since the loop started: due with the next batch
+        third = await h.transactions([tx(3, customer_on(0))])
+        await settle()
+        assert h.loop.checkpoints.flushing()
+        assert [e.acks for e in first + second + third] == [0, 0, 0]
+
+        h.background.gate.set()
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once(first + second + third)
+        flush = h.journal.index(("flush", ""))
+        assert flush < min(h.journal.index(("ack", e.name)) for e in first + second + third)
+        assert [c.calls for c in h.changelogs] == [1, 1]
+        assert h.metric("fraud_changelog_records_total") == 2
+
+        # the next checkpoint covers only the events since
+        h.mono.advance(200)
+        fourth = await h.transactions([tx(4, customer_on(1))])
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once(first + second + third + fourth)
+        assert h.emitter.flushes == 2
+
+    run(main)
+
+
+def test_at_most_one_checkpoint_is_in_flight(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        h.background.gate.clear()
+        h.mono.advance(200)
+        first = await h.transactions([tx(1, customer_on(0))])
+        await settle()
+        assert h.background.in_flight == 1
+        h.mono.advance(200)
+        # due again: the batch is decided, then waits for the checkpoint in flight
+        blocked = asyncio.ensure_future(h.transactions([tx(2, customer_on(1))]))
+        await settle()
+        assert not blocked.done()
+        assert len(h.emitter.decisions()) == 2
+        assert h.background.in_flight == 1
+
+        h.background.gate.set()
+        second = await blocked
+        await h.loop.checkpoints.delivered()
+        assert h.background.most_in_flight == 1
+        assert h.acked_once(first + second)
+        assert h.journal.index(("ack", "tx-1")) < h.journal.index(("ack", "tx-2"))
+        assert h.emitter.flushes == 2
+
+    run(main)
+
+
+def test_a_checkpoint_is_due_by_count_or_by_time() -> None:
+    async def main() -> None:
+        journal: list[tuple[str, str]] = []
+        emitter = FakeEmitter(journal)
+        clock = FakeClock(0)
+        delivery = Delivery(
+            emitter, [], WorkerMetrics(CollectorRegistry()), Background(), lambda _: None
+        )
+        # 0.25 s: the differences of the clock's seconds below are exact in binary
+        checkpoints = Checkpoints(delivery, lambda: clock.now_ms / 1000, 0.25, max_events=3)
+        assert not checkpoints.due()
+        clock.advance(500)
+        assert not checkpoints.due()  # nothing to acknowledge
+        events = [FakeEvent(f"e{i}", journal) for i in range(3)]
+        checkpoints.hold(events[:1])
+        assert checkpoints.due()
+        await checkpoints.if_due()
+        await checkpoints.delivered()
+        assert events[0].acks == 1 and not checkpoints.due()
+
+        checkpoints.hold(events[1:2])
+        clock.advance(249)
+        assert not checkpoints.due()
+        clock.advance(1)
+        assert checkpoints.due()
+        await checkpoints.if_due()
+        await checkpoints.delivered()
+        assert events[1].acks == 1
+
+        many = [FakeEvent(f"m{i}", journal) for i in range(3)]
+        checkpoints.hold(many[:2])
+        assert not checkpoints.due()
+        checkpoints.hold(many[2:])
+        assert checkpoints.due()  # 3 events, no time passed
+        await checkpoints.if_due()
+        await checkpoints.delivered()
+        assert all(e.acks == 1 for e in many)
+        assert emitter.flushes == 3
+
+    run(main)
+
+
+def test_the_timer_ends_a_checkpoint_that_traffic_stopped_before(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        events = await h.transactions([tx(1, customer_on(0))])
+        await h.loop.tick()
+        assert events[0].acks == 0
+        h.mono.advance(200)
+        await h.loop.tick()
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once(events)
+
+    run(main)
+
+
+def test_close_acks_everything_once_even_with_a_checkpoint_in_flight(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        h.background.gate.clear()
+        h.mono.advance(200)
+        in_flight = await h.transactions([tx(1, customer_on(0))])
+        await settle()
+        assert h.loop.checkpoints.flushing() and h.background.in_flight == 1
+        held = await h.transactions([tx(2, customer_on(1))])
+        labels = h.labels([fraud_label(tx(0, customer_on(0)))])
+        assert [e.increfs for e in labels] == [1]
+        assert [e.acks for e in in_flight + held + labels] == [0, 0, 0]
+
+        h.loop.close()
+        assert h.acked_once(in_flight + held + labels)
+        assert h.emitter.flushes == 1  # close flushed in its own thread, the checkpoint waits
+        h.background.gate.set()
+        await h.loop.checkpoints.delivered()
+        assert h.emitter.flushes == 2
+        assert h.acked_once(in_flight + held + labels)
+
+    run(main)
+
+
+def test_dead_letters_deliver_and_ack_at_once(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy)
+        earlier = await h.transactions([tx(1, customer_on(0))])
+        assert earlier[0].acks == 0
+        good = tx(2, customer_on(1))
+        records = [
+            *h.tx_records([good]),
+            h.record("transactions", 0, customer_on(0).encode(), GARBAGE),
+        ]
+        events = [h.event("good"), h.event("garbage")]
+        await h.loop.on_transactions(records, events)
+        [letter] = h.emitter.on("transactions-dlq")
+        assert letter.partition is None and letter.key == customer_on(0).encode()
+        assert h.metric("fraud_dead_letters_total", reason="decode_error") == 1
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
+        # delivered now, with the earlier in-line batch; the garbage record is never held
+        assert h.acked_once([*earlier, events[0]])
+        assert (events[1].acks, events[1].increfs) == (0, 0)
+        assert h.journal.index(("flush", "")) < h.journal.index(("ack", "tx-1"))
+        assert h.loop.checkpoints.unacked == []
+
+    run(main)
+
+
+# --- pause and resume ---------------------------------------------------------------------------
+
+
+def test_overfull_partitions_are_paused_until_they_drain(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(align_max_held=2))
+        h.consumer.highs[("transactions", 1)] = 10
+        h.consumer.starts[("transactions", 1)] = 0
+        ahead = customer_on(0)
+        await h.transactions([tx(1, ahead), tx(2, ahead)])
+        assert h.consumer.paused == set()
+        await h.transactions([tx(3, ahead)])
+        assert h.consumer.paused == {("transactions", 0)}
+        assert h.loop.paused == {0}
+
+        h.consumer.highs[("transactions", 1)] = 0  # partition 1 turned out empty
+        h.consumer.starts[("transactions", 1)] = 0
+        await h.loop.tick()
+        assert h.consumer.paused == set() and h.loop.paused == set()
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2", "tx-3"]
+
+    run(main)
+
+
+# --- labels ---------------------------------------------------------------------------------------
+
+
+def test_labels_still_streaming_in_reach_the_decision_in_line(policy: Policy) -> None:
+    """A labels backlog read at replay speed: one label every 13 ms, 0.4 s in all, longer than
+    the 250 ms label wait. Each label applied restarts the wait's timeout, so the in-line
+    decision waits for all of them and gets the terminal's risk from every label."""
+
+    async def main() -> None:
+        h = Harness(policy)
+        n = 31
+        history = [
+            tx(i, customer_on(i % 2, i // 2), "T1", T - 7 * DAY_MS - (n - i) * 10 * 60_000)
+            for i in range(n)
+        ]
+        await h.transactions(history)  # no labels written yet: decided without waiting
+        assert len(h.emitter.decisions()) == n
+        label_partition = partition_for("T1", P)
+        h.consumer.highs[("labels", label_partition)] = n  # now the backlog of labels
+        h.consumer.starts[("labels", label_partition)] = 0
+
+        deciding = asyncio.ensure_future(h.transactions([tx(n, customer_on(0, 20), "T1")]))
+        await settle()
+        label_events = []
+        for i, past in enumerate(history):
+            assert not deciding.done(), f"decided before label {i}"
+            h.mono.advance(13)
+            label_events += h.labels([fraud_label(past)])
+            await settle()
+        await deciding
+        assert h.mono.now_ms == 13 * n > SETTINGS.label_wait_ms
+
+        decision = h.emitter.decisions()[-1]
+        assert decision.transaction_id == f"tx-{n}"
+        assert decision.features["terminal_nb_tx_1d"] == n
+        assert decision.features["terminal_risk_1d"] == 1.0
+        assert h.metric("fraud_label_wait_timeouts_total") == 0
+        assert h.metric("fraud_labels_applied_total") == n
+
+        # the labels are held for the checkpoint that the decided batch started
+        assert all(e.increfs == 1 for e in label_events)
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once(label_events)
+
+    run(main)
+
+
+def test_a_label_stream_that_went_quiet_ends_the_wait(policy: Policy) -> None:
+    """The wait ends ``label_wait_ms`` after the last label applied, and scores without the
+    labels that did not come."""
+
+    async def main() -> None:
+        h = Harness(policy)
+        history = [tx(i, customer_on(0, i), "T1", T - 7 * DAY_MS - HOUR_MS) for i in range(2)]
+        await h.transactions(history)
+        label_partition = partition_for("T1", P)
+        h.consumer.highs[("labels", label_partition)] = 2
+        h.consumer.starts[("labels", label_partition)] = 0
+
+        deciding = asyncio.ensure_future(h.transactions([tx(9, customer_on(1), "T1")]))
+        await settle()
+        h.mono.advance(100)
+        h.labels([fraud_label(history[0])])  # the second label never comes
+        await settle()
+        h.mono.advance(249)
+        h.loop.watermarks.recheck()
+        await settle()
+        assert not deciding.done()  # 349 ms since the wait's start, 249 since the label
+        h.mono.advance(2)  # past label_wait_ms since the last label applied
+        h.loop.watermarks.recheck()
+        await deciding
+        decision = h.emitter.decisions()[-1]
+        assert decision.features["terminal_risk_1d"] == 0.5
+        assert h.metric("fraud_label_wait_timeouts_total") == 1
+
+    run(main)

@@ -192,9 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled replay, and the limits measured side by side (Kafka client passthrough, a "
         "bare Faust agent, a naive one-event-at-a-time implementation). Each starts an "
         "local broker (Apache Kafka by default; unless --external), prints a table and writes JSON "
-        "and a PNG.",
+        "and a PNG. docs: rewrite the tables of docs/performance.md from benchmark JSON.",
     )
-    p.add_argument("which", choices=["latency", "throughput"])
+    p.add_argument("which", choices=["latency", "throughput", "docs"])
+    p.add_argument(
+        "json", type=Path, nargs="*", metavar="JSON",
+        help="docs: benchmark JSON files for the tables of docs/performance.md (default "
+        "benchmarks/recorded/*.json)",
+    )  # fmt: skip
     p.add_argument(
         "--rate", type=_positive(float), default=2000.0,
         help="latency: transactions/s (default %(default)s)",
@@ -695,6 +700,13 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "docs":
+        from fraud.tools.bench.docs import main as write_docs
+
+        print(write_docs(args.json))
+        return 0
+    if args.json:
+        raise CliError(f"JSON files are for 'fraud bench docs', not 'fraud bench {args.which}'")
     from fraud.tools.bench.latency import BrokerChoice
 
     settings = _settings(args)

@@ -204,3 +204,12 @@ def test_the_cli_command_reports_a_bad_file_in_one_line(
     assert cli_main(["bench", "docs", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.json: unknown benchmark 'nope'" in err
+
+
+def test_docs_performance_md_is_generated_from_the_recorded_runs() -> None:
+    root = Path(__file__).resolve().parents[3]
+    recorded = sorted((root / "benchmarks" / "recorded").glob("*.json"))
+    assert recorded, "benchmarks/recorded/ holds no benchmark JSON"
+    doc = (root / "docs" / "performance.md").read_text()
+    tables = performance_tables([json.loads(p.read_text()) for p in recorded])
+    assert rewrite(doc, tables) == doc, "run `fraud bench docs` to regenerate the tables"

@@ -37,7 +37,7 @@ from fraud.broker.process import pid_alive
 from fraud.contracts.currency import CurrencyError
 from fraud.settings import DEFAULT_BROKERS, Settings
 
-EPILOG = "Docs: README.md. Environment: KAFKA_BOOTSTRAP sets --brokers for every command."
+EPILOG = "Docs: README.md, docs/. Environment: KAFKA_BOOTSTRAP sets --brokers for every command."
 
 
 class CliError(Exception):
@@ -193,9 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled replay, and the limits measured side by side (Kafka client passthrough, a "
         "bare Faust agent, a naive one-event-at-a-time implementation). Each starts an "
         "local broker (Apache Kafka by default; unless --external), prints a table and writes JSON "
-        "and a PNG.",
+        "and a PNG. docs: rewrite the tables of docs/performance.md from benchmark JSON.",
     )
-    p.add_argument("which", choices=["latency", "throughput"])
+    p.add_argument("which", choices=["latency", "throughput", "docs"])
+    p.add_argument(
+        "json", type=Path, nargs="*", metavar="JSON",
+        help="docs: benchmark JSON files for the tables of docs/performance.md (default "
+        "benchmarks/recorded/*.json)",
+    )  # fmt: skip
     p.add_argument(
         "--rate", type=_positive(float), default=2000.0,
         help="latency: transactions/s (default %(default)s)",
@@ -353,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="send email/SMS notifications for alerts (or any event topic)",
         description="Its own consumer group on the topics of the config's routes: email over "
         "SMTP and SMS through an HTTP gateway, with templates, per-recipient rate limit and "
-        "de-duplication. Failed sends end in the notifier dead-letter topic. See README.",
+        "de-duplication. Failed sends end in the notifier dead-letter topic. See docs/sinks.md.",
     )
-    p.add_argument("--config", type=Path, required=True, help="notifier config (TOML); see README")
+    p.add_argument(
+        "--config", type=Path, required=True, help="notifier config (TOML; see docs/sinks.md)"
+    )
     p.add_argument(
         "--app-id", default=_env("FRAUD_APP_ID", "fraud-worker"),
         help="prefix of the consumer group (env FRAUD_APP_ID; default %(default)s)",
@@ -369,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Its own consumer group on alerts. Each matching subscription gets a JSON "
         "POST signed with HMAC-SHA256 (headers Fraud-Event-Id, Fraud-Timestamp, "
         "Fraud-Signature); failures go through retry topics (1 s, 10 s, 1 min, 10 min) to a "
-        "dead-letter topic. The subscriptions file is re-read when it changes. See README.",
+        "dead-letter topic. The subscriptions file is re-read when it changes. See docs/sinks.md.",
     )
     p.add_argument("--subscriptions", type=Path, required=True, help="subscriptions file (TOML)")
     p.add_argument(
@@ -388,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         '{"accepted": n, "ids": [...]} once Kafka acknowledged them all, 400 naming the item '
         "and field for invalid input (nothing produced), 413 for a body over the limit, 503 "
         "when the producer queue is full or Kafka does not acknowledge. Stops on SIGTERM/Ctrl-C "
-        "after in-flight requests, flushing the producer. JSON shape: README, 'HTTP gateway'.",
+        "after in-flight requests, flushing the producer. JSON shape: docs/commands.md.",
     )
     p.add_argument(
         "--host", default=_env("FRAUD_GATEWAY_HOST", "127.0.0.1"),
@@ -701,6 +708,13 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "docs":
+        from fraud.tools.bench.docs import main as write_docs
+
+        print(write_docs(args.json))
+        return 0
+    if args.json:
+        raise CliError(f"JSON files are for 'fraud bench docs', not 'fraud bench {args.which}'")
 
     settings = _settings(args)
     choice = BrokerChoice(external=args.external, engine=args.engine)

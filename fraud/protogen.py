@@ -3,7 +3,7 @@
     python -m fraud.protogen            # writes fraud/v1/*_pb2.py(i) from proto/fraud/v1/*.proto
 
 The generator is grpcio-tools, pinned in pyproject.toml so the output is reproducible;
-tests/test_contracts.py checks that the checked-in code matches the .proto files.
+tests/unit/contracts/test_wire.py checks that the checked-in code matches the .proto files.
 """
 
 from __future__ import annotations

@@ -112,9 +112,9 @@ class StepReplay:
 
     Terminal features need the customer partitions to progress together (within the allowed
     lateness, one day of event time, or state is evicted that a lagging transaction still
-    needs); a worker behind a large backlog can break that (README, "Known limit"). Small steps
-    keep a run inside that bound whatever the machine's speed, so exactness checks do not
-    depend on throughput. Labels are published ``label_delay_ms`` after each transaction.
+    needs); a worker behind a large backlog can break that (docs/performance.md, exactness).
+    Small steps keep a run inside that bound whatever the machine's speed, so exactness checks
+    do not depend on throughput. Labels are published ``label_delay_ms`` after each transaction.
     """
 
     def __init__(

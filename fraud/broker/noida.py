@@ -1,6 +1,6 @@
 """noida-db, the fallback engine: a one-binary emulator of the Kafka protocol (PyPI noida-db).
 
-For machines without Java. Measured limits (README "Brokers"): every topic in memory, empty
+For machines without Java. Measured limits (docs/brokers.md): every topic in memory, empty
 fetches answered at once, fetch size limits ignored, acknowledged writes lost on SIGKILL.
 Nothing in the engine may depend on one of its quirks.
 """

@@ -9,7 +9,7 @@ wait but at most ``MAX_PAUSE_S``. Against a broker that long-polls (any Kafka) a
 only returns after the wait, so the pause never applies; records arriving mid-pause are at
 most ``MAX_PAUSE_S`` late. Installed by the processes that consume with aiokafka (the worker
 through Faust, the sinks). ``counts()`` says how many empty fetches came back and how many of
-them paused (none against Kafka: tests/test_fetch_backoff.py).
+them paused (none against Kafka: tests/integration/test_brokers.py).
 """
 
 from __future__ import annotations

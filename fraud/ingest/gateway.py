@@ -76,8 +76,8 @@ from fraud.contracts.currency import EXPONENTS, CurrencyError, to_minor
 from fraud.contracts.wire import MAX_UTC_OFFSET_MINUTES, Rejected, validate_transaction
 from fraud.ingest.files import parse_event_time
 from fraud.kafka_config import producer_config
+from fraud.serve import run_until_signalled
 from fraud.settings import Settings
-from fraud.sinks.serve import run_until_signalled
 from fraud.v1.transaction_pb2 import Transaction
 
 __all__ = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fraud.contracts.units import ALL_FEATURES
 from fraud.model.table import check_features, load_model_table
 from fraud.rules.compiled import compile_rules
 from fraud.rules.table import load_rule_table
-from fraud.scoring.features import ALL_FEATURES
 from fraud.scoring.stages import Policy
 from fraud.settings import Settings
 

@@ -25,17 +25,13 @@ from fraud.contracts.partitioning import (
     partition_for,
 )
 from fraud.contracts.records import RawRecord, alert_for
+from fraud.contracts.units import ALL_FEATURES, CUSTOMER_STAGE_FEATURES
 from fraud.contracts.wire import Rejected, dead_letter, parse_transaction, validate_transaction
 from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 from fraud.model.scoring import score
 from fraud.model.table import ModelTable
 from fraud.rules.compiled import CompiledRules, apply_rules, fired_ids
-from fraud.scoring.features import (
-    ALL_FEATURES,
-    CUSTOMER_STAGE_FEATURES,
-    amount_ratios,
-    time_features,
-)
+from fraud.scoring.features import amount_ratios, time_features
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Decision, Reason

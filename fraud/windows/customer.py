@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import BEHAVIOUR_FEATURES, DAY_MS, WINDOW_DAYS
 from fraud.kernels.customer import (
     COLUMNS,
     EARTH_RADIUS_KM,
@@ -56,18 +57,14 @@ from fraud.kernels.customer import (
     STATE_VERSION,
     update_customer_words,
 )
-from fraud.scoring.features import DAY_MS, WINDOW_DAYS
-from fraud.scoring.features import warmup as _warm_features
 from fraud.windows.codec import LE_I64 as _LE_I64
 from fraud.windows.codec import group_events, join_states, plain, split_states
 
 __all__ = [
-    "DAY_MS",
     "DEFAULT_CONFIG",
     "EARTH_RADIUS_KM",
     "EXTRA_FEATURES",
     "STATE_VERSION",
-    "WINDOW_DAYS",
     "CustomerConfig",
     "CustomerState",
     "decode_customer_state",
@@ -82,11 +79,8 @@ F64 = npt.NDArray[np.float64]
 CustomerState = tuple[I64, I64, I64, F64, F64, int]
 """``(ts, amount, terminal, lat, lon, max_ts)`` as ``decode_customer_state`` returns it."""
 
-EXTRA_FEATURES: tuple[str, ...] = (
-    "seconds_since_prev_tx",
-    "first_use_of_terminal",
-    "geo_velocity_kmh",
-)
+EXTRA_FEATURES: tuple[str, ...] = BEHAVIOUR_FEATURES
+"""The names of ``update_customers``' ``extras`` columns."""
 assert len(EXTRA_FEATURES) == N_EXTRAS
 
 # Limit on window and lateness lengths, so that their sum and ``t - w`` stay well inside int64.
@@ -384,9 +378,7 @@ def update_customers(
 
 def warmup() -> None:
     """Compile (or load from numba's cache) every kernel, using the same argument types as
-    ``update_customers`` does, so the first real batch does not pay for it; and those of the
-    features the customer stage adds (``fraud.scoring.features.time_features``,
-    ``amount_ratios``)."""
+    ``update_customers`` does, so the first real batch does not pay for it."""
     nan = float("nan")
     state = encode_customer_state(
         np.array([0], np.int64),
@@ -406,4 +398,3 @@ def warmup() -> None:
         np.array([2.0, nan, 2.5], np.float64),
     )
     decode_customer_state(new_states[1])
-    _warm_features()

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS, WINDOW_DAYS
 from fraud.kernels.features import risk_into
 from fraud.kernels.terminal import (
     HEADER_WORDS,
@@ -69,13 +70,11 @@ from fraud.windows.codec import LE_I64 as _LE_I64
 from fraud.windows.codec import group_events, join_states, plain, split_states
 
 __all__ = [
-    "DAY_MS",
     "DEFAULT_CONFIG",
     "INT64_MAX",
     "KIND_LABEL",
     "KIND_TX",
     "STATE_VERSION",
-    "WINDOW_DAYS",
     "TerminalConfig",
     "TerminalState",
     "decode_terminal_state",
@@ -89,10 +88,6 @@ __all__ = [
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 F64 = npt.NDArray[np.float64]
-
-WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
-DAY_MS = 86_400_000
-DELAY_DAYS = 7
 
 # Limit on delay + longest window + lateness, so that ``t - retain`` and the like fit in int64.
 _MAX_SPAN_MS = 2**62
@@ -116,7 +111,7 @@ class TerminalConfig:
     """Label delay, window lengths (ms), lateness allowed without missing evicted history, and
     the most pending labels a terminal keeps."""
 
-    delay_ms: int = DELAY_DAYS * DAY_MS
+    delay_ms: int = LABEL_DELAY_DAYS * DAY_MS
     window_ms: tuple[int, ...] = tuple(days * DAY_MS for days in WINDOW_DAYS)
     allowed_lateness_ms: int = DAY_MS
     max_pending: int = 10_000

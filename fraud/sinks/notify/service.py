@@ -33,6 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraud.broker import BrokerError, TopicSpec, admin_client, ensure_topics, topic_config
 from fraud.metrics import NotifierMetrics, notifier_metrics
+from fraud.serve import run_until_signalled
 from fraud.settings import Settings
 from fraud.sinks.notify.email import EmailSender
 from fraud.sinks.notify.routing import (
@@ -53,7 +54,6 @@ from fraud.sinks.notify.routing import (
 )
 from fraud.sinks.notify.sms import SmsSender
 from fraud.sinks.retry import CircuitBreaker
-from fraud.sinks.serve import run_until_signalled
 from fraud.worker import fetch_backoff
 
 __all__ = [

@@ -62,6 +62,7 @@ from google.protobuf.message import DecodeError
 from fraud.broker import TopicSpec, ensure_topics, topic_config
 from fraud.contracts.wire import to_json
 from fraud.metrics import EndpointMetrics, WebhookMetrics, webhook_metrics
+from fraud.serve import run_until_signalled
 from fraud.settings import Settings
 from fraud.sinks.retry import (
     Action,
@@ -72,7 +73,6 @@ from fraud.sinks.retry import (
     next_step,
     retry_after_seconds,
 )
-from fraud.sinks.serve import run_until_signalled
 from fraud.sinks.webhooks.envelope import (
     Envelope,
     OffsetTracker,

@@ -11,7 +11,8 @@ as many days as give ``--transactions``) goes through the worker's stages in mic
 * customer: ``fraud.windows.customer.update_customers`` (decoding every state, the three kernels,
   encoding the new states: all part of the cost) vs ``fraud.reference.customer``;
 * assembly: the feature matrix (``ALL_FEATURES``) from the two state stages, numpy as in
-  ``fraud/scoring/stages.py`` vs a pure-Python loop written here (no twin in ``fraud.reference``);
+  ``fraud/scoring/customer_stage.py`` and ``terminal_stage.py`` vs a pure-Python loop written
+  here (no twin in ``fraud.reference``);
 * terminal: each batch first applies the fraud labels known by its last event time (labels come
   7 days after their transaction, as ``fraud replay`` sends them), then its transactions: two
   ``fraud.windows.terminal.update_terminals`` calls, as the worker does, vs

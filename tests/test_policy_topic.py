@@ -17,8 +17,7 @@ from fraud.kafka_config import client_config, producer_config
 from fraud.model.export import from_gradient_boosting
 from fraud.model.table import ModelTableError, save_model_table
 from fraud.rules.table import RuleTableError
-from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import Policy
+from fraud.scoring.policy import Policy, load_policy
 from fraud.settings import Settings
 from fraud.worker.policy_topic import (
     MODEL_KEY,

@@ -7,8 +7,9 @@ import pytest
 
 from fraud.contracts.records import RawRecord
 from fraud.contracts.units import ALL_FEATURES, DAY_MS
+from fraud.scoring.customer_stage import CustomerStage
 from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import CustomerStage, TerminalStage
+from fraud.scoring.terminal_stage import TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock
 from fraud.tools.simulate import Simulated, SimulationConfig, simulate

@@ -14,8 +14,9 @@ import pytest
 
 from fraud.contracts.records import RawRecord
 from fraud.contracts.units import ALL_FEATURES, CUSTOMER_STAGE_FEATURES, DAY_MS, HOUR_MS
-from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import CustomerStage, Policy, TerminalResult, TerminalStage
+from fraud.scoring.customer_stage import CustomerStage
+from fraud.scoring.policy import Policy, load_policy
+from fraud.scoring.terminal_stage import TerminalResult, TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock, make_record, random_transactions
 from fraud.v1.decision_pb2 import Action, Decision

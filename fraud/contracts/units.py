@@ -1,4 +1,4 @@
-"""Units, window lengths and feature names: facts every floor reads, each defined here once.
+"""Units, int64 bounds, window lengths and feature names: each defined here once, for every floor.
 
 Times are integer milliseconds since the Unix epoch. The kernels (which import nothing outside
 ``fraud.kernels``) and ``fraud.settings`` (a base module, below this floor) keep literal copies
@@ -7,6 +7,11 @@ ones here.
 """
 
 from __future__ import annotations
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+NO_TIME = INT64_MIN
+"""An event time before every real one: "none yet"."""
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

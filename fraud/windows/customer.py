@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fraud.contracts.units import BEHAVIOUR_FEATURES, DAY_MS, WINDOW_DAYS
+from fraud.contracts.units import INT64_MAX as _INT64_MAX
 from fraud.kernels.customer import (
     COLUMNS,
     EARTH_RADIUS_KM,
@@ -85,7 +86,6 @@ assert len(EXTRA_FEATURES) == N_EXTRAS
 
 # Limit on window and lateness lengths, so that their sum and ``t - w`` stay well inside int64.
 _MAX_SPAN_MS = 2**62
-_INT64_MAX = 2**63 - 1
 
 # version (u8), 3 zero bytes, count (u32), max_ts (i64): two little-endian 8-byte words.
 _HEADER = struct.Struct("<B3sIq")

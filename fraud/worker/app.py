@@ -32,7 +32,10 @@ from fraud.contracts.records import RawRecord
 from fraud.contracts.wire import dead_letter_headers
 from fraud.kafka_config import high_watermarks
 from fraud.metrics import WorkerMetrics, worker_metrics
-from fraud.scoring.stages import CustomerStage, Enriched, Policy, TerminalResult, TerminalStage
+from fraud.scoring.batch import Enriched
+from fraud.scoring.customer_stage import CustomerStage
+from fraud.scoring.policy import Policy
+from fraud.scoring.terminal_stage import TerminalResult, TerminalStage
 from fraud.settings import Settings
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.enriched_pb2 import EnrichedBatch

@@ -50,7 +50,7 @@ from fraud.kafka_config import client_config, producer_config, watermark_offsets
 from fraud.model.table import ModelTable, ModelTableError, check_features, from_json
 from fraud.rules.compiled import CompiledRules, compile_rules
 from fraud.rules.table import RuleTableError, parse_rule_table
-from fraud.scoring.stages import Policy
+from fraud.scoring.policy import Policy
 from fraud.settings import Settings
 
 __all__ = [

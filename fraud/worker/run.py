@@ -13,8 +13,7 @@ import faust.worker
 
 from fraud.broker import ensure_topics
 from fraud.metrics import MetricsServer
-from fraud.scoring.policy import policy_from_settings
-from fraud.scoring.stages import Policy
+from fraud.scoring.policy import Policy, policy_from_settings
 from fraud.scoring.warmup import warmup
 from fraud.settings import Settings
 from fraud.worker.app import create_app, internal_topics

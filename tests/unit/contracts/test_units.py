@@ -7,6 +7,7 @@ from fraud.contracts import units
 from fraud.kernels import actions
 from fraud.kernels import customer as customer_kernel
 from fraud.kernels import features as features_kernel
+from fraud.kernels import terminal as terminal_kernel
 from fraud.rules.table import V1_FEATURES
 from fraud.v1.decision_pb2 import Action
 
@@ -23,6 +24,12 @@ def test_kernel_copies_equal_the_units() -> None:
     assert features_kernel.DAY_MS == units.DAY_MS
     assert float(units.HOUR_MS) == customer_kernel.MS_PER_HOUR
     assert len(units.BEHAVIOUR_FEATURES) == customer_kernel.N_EXTRAS
+
+
+def test_kernel_int64_bounds_equal_the_units() -> None:
+    assert units.INT64_MIN == customer_kernel.INT64_MIN == terminal_kernel.INT64_MIN
+    assert units.INT64_MAX == terminal_kernel.INT64_MAX
+    assert units.NO_TIME == units.INT64_MIN
 
 
 def test_settings_copies_equal_the_units() -> None:

@@ -108,19 +108,12 @@ class TerminalStage:
             times[i] = label.event_time_ms
         if not labels:
             return result
-        n = len(labels)
-        batch = KeyedBatch(parts, [lab.terminal_id for lab in labels])
-        _, _, new_states = update_terminals(
-            batch.load(self.store),
-            batch.group,
-            np.ones(n, dtype=np.int8),
-            np.fromiter((lab.event_time_ms for lab in labels), np.int64, n),
-            np.fromiter((tx_hash(lab.transaction_id) for lab in labels), np.int64, n),
-            np.fromiter((1 if lab.fraud else 0 for lab in labels), np.int8, n),
-            self.config,
+        self._update(
+            parts,
+            [(lab.terminal_id, lab.event_time_ms, lab.transaction_id) for lab in labels],
+            fraud=np.fromiter((1 if lab.fraud else 0 for lab in labels), np.int8, len(labels)),
         )
-        batch.save(self.store, new_states)
-        result.labels_applied = n
+        result.labels_applied = len(labels)
         return result
 
     def process(self, records: Sequence[RawRecord]) -> TerminalResult:
@@ -142,23 +135,40 @@ class TerminalStage:
             return result
         txs = enriched.txs
         n = len(txs)
-        batch = KeyedBatch(parts, [tx.terminal_id for tx in txs])
-        counts, frauds, new_states = update_terminals(
-            batch.load(self.store),
-            batch.group,
-            np.zeros(n, dtype=np.int8),
-            np.fromiter((tx.event_time_ms for tx in txs), np.int64, n),
-            np.fromiter((tx_hash(tx.transaction_id) for tx in txs), np.int64, n),
-            np.zeros(n, dtype=np.int8),
-            self.config,
+        counts, frauds = self._update(
+            parts, [(tx.terminal_id, tx.event_time_ms, tx.transaction_id) for tx in txs]
         )
-        batch.save(self.store, new_states)
         terminal = np.empty((n, 2 * counts.shape[1]), dtype=np.float64)
         terminal[:, 0::2] = counts
         terminal[:, 1::2] = risk(counts, frauds)
         features = np.hstack([enriched.features, terminal])
         self._decide(enriched, features, result)
         return result
+
+    def _update(
+        self,
+        parts: Sequence[int],
+        events: Sequence[tuple[str, int, str]],
+        fraud: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``(terminal_id, event_time_ms, transaction_id)`` events through their terminals'
+        state (``parts[i]`` the partition of event i's terminal) and save it: labels when
+        ``fraud`` (0/1 per event) is given, else transactions. Returns their windows' counts and
+        frauds."""
+        n = len(events)
+        batch = KeyedBatch(parts, [terminal_id for terminal_id, _, _ in events])
+        kind = np.zeros(n, dtype=np.int8) if fraud is None else np.ones(n, dtype=np.int8)
+        counts, frauds, new_states = update_terminals(
+            batch.load(self.store),
+            batch.group,
+            kind,
+            np.fromiter((t for _, t, _ in events), np.int64, n),
+            np.fromiter((tx_hash(tx_id) for _, _, tx_id in events), np.int64, n),
+            np.zeros(n, dtype=np.int8) if fraud is None else fraud,
+            self.config,
+        )
+        batch.save(self.store, new_states)
+        return counts, frauds
 
     def _decide(self, enriched: Enriched, features: np.ndarray, result: TerminalResult) -> None:
         """Rules, model and action per row; each Decision encoded as bytes

@@ -23,7 +23,7 @@ RUN pip install --no-cache-dir .
 
 USER fraud
 # Compile the numba kernels into the cache at build time: the worker starts warm.
-RUN python -c "from fraud.contracts.records import warmup; warmup()"
+RUN python -c "from fraud.scoring.warmup import warmup; warmup()"
 
 VOLUME ["/var/lib/fraud"]
 EXPOSE 6066

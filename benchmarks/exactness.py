@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fraud.broker import ENGINES, choose_engine, ensure_topics, local_broker  # noqa: E402
+from fraud.contracts.units import ALL_FEATURES, DAY_MS, LABEL_DELAY_DAYS  # noqa: E402
 from fraud.ingest.replay import replay  # noqa: E402
-from fraud.scoring.features import ALL_FEATURES, DAY_MS  # noqa: E402
 from fraud.settings import Settings  # noqa: E402
 from fraud.testing import StepReplay  # noqa: E402
 from fraud.tools.demo import worker_process  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
         steps = StepReplay(settings, path, work)
         if args.max_speed:
             replay(
-                settings, path, label_delay_ms=7 * DAY_MS, batch=args.batch,
+                settings, path, label_delay_ms=LABEL_DELAY_DAYS * DAY_MS, batch=args.batch,
                 fraud_labels_only=args.batch > 1,
             )  # fmt: skip
         started = time.perf_counter()

@@ -11,7 +11,8 @@ as many days as give ``--transactions``) goes through the worker's stages in mic
 * customer: ``fraud.windows.customer.update_customers`` (decoding every state, the three kernels,
   encoding the new states: all part of the cost) vs ``fraud.reference.customer``;
 * assembly: the feature matrix (``ALL_FEATURES``) from the two state stages, numpy as in
-  ``fraud/scoring/stages.py`` vs a pure-Python loop written here (no twin in ``fraud.reference``);
+  ``fraud/scoring/customer_stage.py`` and ``terminal_stage.py`` vs a pure-Python loop written
+  here (no twin in ``fraud.reference``);
 * terminal: each batch first applies the fraud labels known by its last event time (labels come
   7 days after their transaction, as ``fraud replay`` sends them), then its transactions: two
   ``fraud.windows.terminal.update_terminals`` calls, as the worker does, vs
@@ -49,6 +50,14 @@ from typing import Any
 
 import numpy as np
 
+from fraud.contracts.units import (
+    ALL_FEATURES,
+    DAY_MS,
+    HOUR_MS,
+    LABEL_DELAY_DAYS,
+    MINUTE_MS,
+    NULLABLE_FEATURES,
+)
 from fraud.model import scoring
 from fraud.model.export import from_gradient_boosting, from_logistic
 from fraud.model.scoring import score
@@ -60,9 +69,8 @@ from fraud.reference.terminal import reference_terminals_evicting
 from fraud.rules import compiled as compiled_mod
 from fraud.rules.compiled import apply_rules, compile_rules
 from fraud.rules.table import load_rule_table
-from fraud.scoring.features import ALL_FEATURES, amount_ratios, time_features
+from fraud.scoring.features import amount_ratios, time_features
 from fraud.tools.simulate import SimulationConfig, simulate_at_least
-from fraud.tools.train import NULLABLE_FEATURES
 from fraud.windows import customer as customer_mod
 from fraud.windows import terminal as terminal_mod
 from fraud.windows.customer import CustomerConfig, terminal_hash, update_customers
@@ -72,7 +80,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RULES = ROOT / "tables" / "rules" / "v1.csv"
 BATCH = 1000  # the worker's micro-batch size
-LABEL_DELAY_MS = 7 * 86_400_000
+LABEL_DELAY_MS = LABEL_DELAY_DAYS * DAY_MS
 SCALE = 100.0  # simulated amounts are cents
 TARGET_NS = 2000.0
 TARGET_SPEEDUP = 50.0
@@ -330,13 +338,12 @@ def reference_assemble(
     t_frauds: list[list[int]],
 ) -> list[list[float]]:
     """``assemble`` row by row, in plain Python."""
-    day_ms, hour_ms = 86_400_000, 3_600_000
     rows: list[list[float]] = []
     for i, a in enumerate(amount):
         major = a / SCALE
-        local = ts[i] + utc_offset[i] * 60_000
-        day = local // day_ms
-        row = [major, float((day + 3) % 7 >= 5), float((local - day * day_ms) // hour_ms <= 6)]
+        local = ts[i] + utc_offset[i] * MINUTE_MS
+        day = local // DAY_MS
+        row = [major, float((day + 3) % 7 >= 5), float((local - day * DAY_MS) // HOUR_MS <= 6)]
         averages = [sums[i][w] / counts[i][w] / SCALE for w in range(len(counts[i]))]
         for c, avg in zip(counts[i], averages, strict=True):
             row += [float(c), avg]

@@ -49,21 +49,21 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fraud.contracts.units import DAY_MS as MS_PER_DAY  # noqa: E402
+from fraud.contracts.units import LABEL_DELAY_DAYS, NULLABLE_FEATURES  # noqa: E402
 from fraud.tools.evaluate import (  # noqa: E402
-    MS_PER_DAY,
     EvaluationResult,
     evaluate,
     train_delay_test_split,
 )
 from fraud.tools.simulate import Simulated, SimulationConfig, simulate, write_file  # noqa: E402
-from fraud.tools.train import NULLABLE_FEATURES, TREE_PARAMS, ModelKind  # noqa: E402
+from fraud.tools.train import TREE_PARAMS, ModelKind  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 KINDS: tuple[ModelKind, ...] = ("logistic", "trees")
 TRAIN_DAYS = DELAY_DAYS = TEST_DAYS = 7
 PROTOCOL_DAYS = TRAIN_DAYS + DELAY_DAYS + TEST_DAYS
-LABEL_DELAY_DAYS = 7
 TOLERANCE = 1e-9
 # (EvaluationResult field, column title)
 METRICS: tuple[tuple[str, str], ...] = (
@@ -209,8 +209,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     from fraud.broker import ENGINES, choose_engine, ensure_topics, local_broker
+    from fraud.contracts.units import ALL_FEATURES
     from fraud.model.table import load_model_table
-    from fraud.scoring.features import ALL_FEATURES
     from fraud.settings import Settings
     from fraud.testing import StepReplay
     from fraud.tools.decision_log import read_decisions

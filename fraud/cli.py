@@ -35,6 +35,7 @@ from fraud.broker import (
 )
 from fraud.broker.process import pid_alive
 from fraud.contracts.currency import CurrencyError
+from fraud.contracts.units import DAY_MS
 from fraud.settings import DEFAULT_BROKERS, Settings
 
 EPILOG = "Docs: README.md, docs/. Environment: KAFKA_BOOTSTRAP sets --brokers for every command."
@@ -606,7 +607,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.no_create_topics:
         ensure_topics(settings)
     total = count_rows(args.file)
-    delay = None if args.label_delay_days is None else int(args.label_delay_days * 86_400_000)
+    delay = None if args.label_delay_days is None else int(args.label_delay_days * DAY_MS)
     if delay is not None and source.mapping.fraud is None:
         raise CliError("--label-delay-days given but the file has no fraud label column")
     bar = tqdm(total=total, unit="tx", unit_scale=True, disable=args.no_progress, file=sys.stderr)
@@ -775,7 +776,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def _day_ms(day: date | None) -> int | None:
-    return None if day is None else (day - date(1970, 1, 1)).days * 86_400_000
+    return None if day is None else (day - date(1970, 1, 1)).days * DAY_MS
 
 
 def _note(line: str) -> None:

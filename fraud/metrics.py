@@ -47,7 +47,6 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from fraud.sinks.retry import BreakerState
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Action, Decision
@@ -102,10 +101,11 @@ WEBHOOK_OUTCOMES: Final = ("delivered", "retried", "deferred", "dead_lettered", 
 NOTIFIER_OUTCOMES: Final = ("sent", "failed", "deduplicated", "rate_limited")
 NOTIFIER_DEAD_LETTER_REASONS: Final = ("decode_error", "no_recipient", "send_failed")
 # Numeric breaker state, worst highest: `max(...) > 0` alerts on any endpoint not closed.
-BREAKER_STATE_VALUES: Final = {
-    BreakerState.CLOSED: 0.0,
-    BreakerState.HALF_OPEN: 1.0,
-    BreakerState.OPEN: 2.0,
+# Keyed by the values of fraud.sinks.retry.BreakerState (a StrEnum, so a member looks itself up).
+BREAKER_STATE_VALUES: Final[dict[str, float]] = {
+    "closed": 0.0,
+    "half_open": 1.0,
+    "open": 2.0,
 }
 
 
@@ -399,7 +399,7 @@ class EndpointMetrics:
     def short_circuited(self) -> None:
         self.metrics.short_circuits.labels(self.endpoint).inc()
 
-    def breaker(self, state: BreakerState) -> None:
+    def breaker(self, state: str) -> None:
         self.metrics.breaker_state.labels(self.endpoint).set(BREAKER_STATE_VALUES[state])
 
 
@@ -510,7 +510,7 @@ class NotifierMetrics:
     def notification(self, route: str, channel: str, outcome: str) -> None:
         self.notifications.labels(route, channel, outcome).inc()
 
-    def breaker(self, channel: str, state: BreakerState) -> None:
+    def breaker(self, channel: str, state: str) -> None:
         self.breaker_state.labels(channel).set(BREAKER_STATE_VALUES[state])
 
 

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BROKERS = "127.0.0.1:9092"
-DAY_MS = 86_400_000
+# fraud.contracts.units.HOUR_MS and DAY_MS, which this base module may not import (a test
+# checks that they agree).
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Settings:
     # Retention of the topics we create; -1 keeps records forever. Replayed history carries
     # its event time in the payload, and records get the wall-clock time as Kafka timestamp,
     # so time-based retention never deletes a replayed record before it is processed.
-    retention_ms: int = 7 * DAY_MS
+    retention_ms: int = 7 * _DAY_MS
     data_dir: Path = Path(".fraud")
     # Micro-batching of the worker's agents: a batch is at most batch_max records, gathered for
     # at most batch_within_s. Faust wakes each agent every batch_within_s; 10 ms against 2 ms
@@ -58,9 +61,9 @@ class Settings:
     batch_max: int = 1000
     batch_within_s: float = 0.010
     # Validation: event times later than now + this are refused.
-    max_future_ms: int = 2 * DAY_MS
+    max_future_ms: int = 2 * _DAY_MS
     # Late arrivals kept in window state beyond the longest window.
-    allowed_lateness_ms: int = DAY_MS
+    allowed_lateness_ms: int = _DAY_MS
     # The terminal stage waits for labels up to a transaction's event time until this long
     # after the later of the wait's start and the last label applied (fraud/worker/watermarks.py).
     label_wait_ms: int = 250
@@ -68,7 +71,7 @@ class Settings:
     # may run this far ahead of the slowest one that still has a backlog; a partition that
     # delivers nothing for align_idle_ms stops holding the others back; a partition holding
     # more than align_max_held transactions is paused until it drains.
-    align_slack_ms: int = 3_600_000
+    align_slack_ms: int = _HOUR_MS
     align_idle_ms: int = 5_000
     align_max_held: int = 50_000
     # In line (single_stage), how often changed state goes to the changelogs and the input is

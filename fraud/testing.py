@@ -12,12 +12,10 @@ import numpy as np
 
 from fraud.contracts.currency import exponent
 from fraud.contracts.records import RawRecord
+from fraud.contracts.units import DAY_MS, HOUR_MS, LABEL_DELAY_DAYS
 from fraud.settings import Settings
 from fraud.v1.decision_pb2 import Decision
 from fraud.v1.transaction_pb2 import Transaction
-
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 # A card has one billing currency; random customers get one of these (exponents 2, 2, 0, 3).
 DEFAULT_CURRENCIES: tuple[str, ...] = ("EUR", "USD", "JPY", "BHD")
@@ -118,7 +116,11 @@ class StepReplay:
     """
 
     def __init__(
-        self, settings: Settings, path: Path, workdir: Path, label_delay_ms: int = 7 * 86_400_000
+        self,
+        settings: Settings,
+        path: Path,
+        workdir: Path,
+        label_delay_ms: int = LABEL_DELAY_DAYS * DAY_MS,
     ) -> None:
         from fraud.tools.tail import open_consumer
 

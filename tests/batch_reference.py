@@ -11,10 +11,9 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from fraud.scoring.features import ALL_FEATURES
+from fraud.contracts.units import ALL_FEATURES, DAY_MS
 from fraud.tools.simulate import Simulated
 
-DAY_MS = 86_400_000
 WINDOWS = (1, 7, 30)
 
 

@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _kernels_compiled() -> None:
     """Compile or load every numba kernel before the first test."""
-    from fraud.contracts.records import warmup
+    from fraud.scoring.warmup import warmup
 
     warmup()
 

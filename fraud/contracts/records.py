@@ -1,6 +1,6 @@
-"""Shared pieces of the hot path: the raw record an agent hands to a stage, alerts, warm-up.
+"""Shared pieces of the hot path: the raw record an agent hands to a stage, and alerts.
 
-The stages themselves are in ``fraud.scoring.stages``; the kernels in ``fraud.kernels``.
+The stages are in ``fraud.scoring``, which also warms the kernels (``fraud.scoring.warmup``).
 """
 
 from __future__ import annotations
@@ -34,16 +34,3 @@ def alert_for(decision: Decision, now_ms: int) -> Alert:
         decision=decision,
         created_at_ms=now_ms,
     )
-
-
-def warmup() -> None:
-    """Compile or load every kernel of the hot path before the first transaction."""
-    from fraud.model.scoring import warmup as warm_model
-    from fraud.rules.compiled import warmup as warm_rules
-    from fraud.windows.customer import warmup as warm_customers
-    from fraud.windows.terminal import warmup as warm_terminals
-
-    warm_customers()
-    warm_terminals()
-    warm_rules()
-    warm_model()

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from fraud.contracts.currency import EXPONENTS, is_known
+from fraud.contracts.units import HOUR_MS
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.transaction_pb2 import Transaction
 
@@ -65,7 +66,7 @@ def validate_transaction(tx: Transaction, now_ms: int, max_future_ms: int) -> Re
     if tx.event_time_ms <= 0:
         return Rejected("invalid_event_time", f"event_time_ms {tx.event_time_ms} is not after 1970")
     if tx.event_time_ms > now_ms + max_future_ms:
-        ahead_h = (tx.event_time_ms - now_ms) / 3_600_000
+        ahead_h = (tx.event_time_ms - now_ms) / HOUR_MS
         return Rejected("invalid_event_time", f"event_time_ms is {ahead_h:.1f} h in the future")
     if abs(tx.utc_offset_minutes) > MAX_UTC_OFFSET_MINUTES:
         return Rejected("invalid_utc_offset", f"utc_offset_minutes {tx.utc_offset_minutes}")

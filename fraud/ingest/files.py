@@ -61,6 +61,9 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from fraud.contracts.currency import EXPONENTS, CurrencyError, to_minor
+from fraud.contracts.units import DAY_MS as _DAY_MS
+from fraud.contracts.units import INT64_MAX as _INT64_MAX
+from fraud.contracts.units import INT64_MIN as _INT64_MIN
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 
@@ -244,10 +247,8 @@ def _show(value: object, limit: int = 60) -> str:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = _EPOCH.toordinal()
-_DAY_MS = 86_400_000
 #: Epoch values with an absolute value below this are seconds, from it on milliseconds.
 EPOCH_MS_THRESHOLD = 100_000_000_000
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MAX_OFFSET_MINUTES = 1439
 
 _DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)

@@ -73,11 +73,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from fraud.broker import ensure_topics
 from fraud.contracts.currency import EXPONENTS, CurrencyError, to_minor
+from fraud.contracts.units import INT64_MAX as _INT64_MAX
+from fraud.contracts.units import INT64_MIN as _INT64_MIN
 from fraud.contracts.wire import MAX_UTC_OFFSET_MINUTES, Rejected, validate_transaction
 from fraud.ingest.files import parse_event_time
 from fraud.kafka_config import make_producer
+from fraud.serve import run_until_signalled
 from fraud.settings import Settings
-from fraud.sinks.serve import run_until_signalled
 from fraud.v1.transaction_pb2 import Transaction
 
 __all__ = [
@@ -117,7 +119,6 @@ FIELDS: frozenset[str] = frozenset(
     }
 )
 _IDS = ("transaction_id", "customer_id", "terminal_id")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
 
 

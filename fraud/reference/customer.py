@@ -21,6 +21,8 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from fraud.contracts.units import HOUR_MS
+
 EARTH_RADIUS_KM = 6371.0088
 
 
@@ -62,7 +64,7 @@ def _features(
         known = not any(math.isnan(x) for x in (prev.lat, prev.lon, current.lat, current.lon))
         if known and dt != 0:
             km = haversine_km(prev.lat, prev.lon, current.lat, current.lon)
-            velocity = km / (dt / 3_600_000)
+            velocity = km / (dt / HOUR_MS)
     look_back = max(window_ms)
     used = any(e.terminal == current.terminal and t - look_back < e.ts <= t for e in history)
     return counts, sums, [seconds, 0.0 if used else 1.0, velocity]

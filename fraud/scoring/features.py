@@ -1,4 +1,5 @@
-"""Feature names, and the features computed outside the state kernels.
+"""The features computed outside the state kernels (their names are in
+``fraud.contracts.units``).
 
 Amounts in features are in major units of the transaction's currency (a customer's window mixes
 no currencies: a card has one billing currency). Means divide the exact integer sum of minor
@@ -15,36 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-DAY_MS = 86_400_000
-WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
-"""Lengths in days of the customer and terminal windows (the default configurations)."""
-
-# The full feature vector of the two-stage worker (issue 3): the customer stage computes the
-# first block from the transaction and the customer's state; the terminal stage appends the
-# terminal block. Rules and models refer to features by these names.
-TIME_FEATURES: tuple[str, ...] = ("tx_during_weekend", "tx_during_night")
-CUSTOMER_WINDOW_FEATURES: tuple[str, ...] = tuple(
-    f"customer_{kind}_{n}d" for n in WINDOW_DAYS for kind in ("nb_tx", "avg_amount")
-)
-RATIO_FEATURES: tuple[str, ...] = tuple(f"amount_to_avg_{n}d" for n in WINDOW_DAYS)
-BEHAVIOUR_FEATURES: tuple[str, ...] = (
-    "seconds_since_prev_tx",
-    "first_use_of_terminal",
-    "geo_velocity_kmh",
-)
-CUSTOMER_STAGE_FEATURES: tuple[str, ...] = (
-    "amount",
-    *TIME_FEATURES,
-    *CUSTOMER_WINDOW_FEATURES,
-    *RATIO_FEATURES,
-    *BEHAVIOUR_FEATURES,
-)
-TERMINAL_FEATURES: tuple[str, ...] = tuple(
-    f"terminal_{kind}_{n}d" for n in WINDOW_DAYS for kind in ("nb_tx", "risk")
-)
-ALL_FEATURES: tuple[str, ...] = (*CUSTOMER_STAGE_FEATURES, *TERMINAL_FEATURES)
-
-_HOUR_MS = 3_600_000
+from fraud.contracts.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 
 def _plain(array: NDArray[Any]) -> NDArray[Any]:
@@ -76,10 +48,10 @@ def time_features(
         out = np.empty((event_time_ms.shape[0], 2), dtype=np.float64)
         time_features_into(_plain(event_time_ms), _plain(utc_offset_minutes), out)
         return out
-    local = event_time_ms + utc_offset_minutes * 60_000
+    local = event_time_ms + utc_offset_minutes * MINUTE_MS
     days = np.floor_divide(local, DAY_MS)
     weekday = (days + 3) % 7
-    hour = np.floor_divide(local - days * DAY_MS, _HOUR_MS)
+    hour = np.floor_divide(local - days * DAY_MS, HOUR_MS)
     out = np.empty((len(local), 2), dtype=np.float64)
     out[:, 0] = weekday >= 5
     out[:, 1] = hour <= 6

@@ -1,15 +1,38 @@
-"""Build the decision policy (decision table + model table) from files."""
+"""The decision policy (a compiled decision table and an optional model) and its loading from
+files."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from fraud.model.table import check_features, load_model_table
-from fraud.rules.compiled import compile_rules
+from fraud.contracts.units import ALL_FEATURES
+from fraud.model.table import ModelTable, check_features, load_model_table
+from fraud.rules.compiled import CompiledRules, compile_rules
 from fraud.rules.table import load_rule_table
-from fraud.scoring.features import ALL_FEATURES
-from fraud.scoring.stages import Policy
 from fraud.settings import Settings
+
+__all__ = ["Policy", "load_policy", "policy_from_settings"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What decides: a compiled decision table and an optional model, swapped as one value."""
+
+    rules: CompiledRules
+    model: ModelTable | None = None
+    # Columns of the full feature matrix that the model reads, in the model's order.
+    model_columns: tuple[int, ...] = ()
+    review_score: float = 0.5
+    block_score: float = 0.9
+
+    @property
+    def rules_version(self) -> str:
+        return self.rules.version
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version if self.model is not None else ""
 
 
 def load_policy(

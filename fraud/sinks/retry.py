@@ -177,7 +177,9 @@ def next_step(
     return Step(Action.DELIVER_LATER, delay_s=max(jittered, floor), retry_level=level)
 
 
-class BreakerState(enum.Enum):
+class BreakerState(enum.StrEnum):
+    """A breaker's state; its value is the name ``fraud.metrics`` gauges it by."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

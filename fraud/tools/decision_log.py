@@ -27,8 +27,8 @@ import numpy.typing as npt
 from confluent_kafka import Consumer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from fraud.contracts.units import ALL_FEATURES
 from fraud.kafka_config import watermark_offsets
-from fraud.scoring.features import ALL_FEATURES
 from fraud.settings import Settings
 from fraud.tools.tail import open_consumer
 from fraud.v1.decision_pb2 import Decision

@@ -23,7 +23,9 @@ from pathlib import Path
 from confluent_kafka import Consumer
 
 from fraud.broker import LOCAL_BROKER, BrokerChoice, broker_in_use, ensure_topics
+from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS
 from fraud.ingest.replay import Pacing, ReplayStats, producer, replay
+from fraud.scoring.warmup import warmup
 from fraud.settings import Settings
 from fraud.sinks.webhooks.envelope import percentile
 from fraud.tools.local_receivers import MailCatcher, WebhookReceiver
@@ -326,6 +328,11 @@ def run_demo(
                 )
             )
             say(f"sinks: webhooks -> {receiver.url}, notifier -> SMTP 127.0.0.1:{mail.port}")
+        # Fill numba's cache here, so that the worker's start-up deadline does not pay for a
+        # first compilation on a new machine.
+        warmed = time.monotonic()
+        warmup()
+        say(f"kernels warm in {time.monotonic() - warmed:.1f} s")
         t0 = time.monotonic()
         with stack, worker_process(settings, root, say):
             summary.startup_seconds = time.monotonic() - t0
@@ -334,12 +341,12 @@ def run_demo(
             consumers: list[Consumer] = []
             try:
                 pace = "as fast as possible" if rate is None else f"at {rate:,.0f} tx/s"
-                say(f"replaying {pace}, labels 7 days after each transaction ...")
+                say(f"replaying {pace}, labels {LABEL_DELAY_DAYS} days after each transaction ...")
                 stats_replay: ReplayStats = replay(
                     settings,
                     data,
                     pacing=Pacing(rate=rate),
-                    label_delay_ms=7 * 86_400_000,
+                    label_delay_ms=LABEL_DELAY_DAYS * DAY_MS,
                     progress=progress,
                 )
                 bad = producer(settings.brokers)

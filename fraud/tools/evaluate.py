@@ -62,8 +62,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import DAY_MS
+
 __all__ = [
-    "MS_PER_DAY",
     "CardPrecisionDaily",
     "EvaluationResult",
     "average_precision",
@@ -77,7 +78,6 @@ __all__ = [
     "train_delay_test_split",
 ]
 
-MS_PER_DAY = 86_400_000
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -262,7 +262,7 @@ def _day_index(event_time_ms: npt.ArrayLike, start_ms: int) -> I64:
     t = np.asarray(event_time_ms)
     if t.ndim != 1 or (t.size and not np.issubdtype(t.dtype, np.integer)):
         raise ValueError("event_time_ms must be a one-dimensional integer array")
-    return (t.astype(np.int64) - np.int64(start_ms)) // MS_PER_DAY
+    return (t.astype(np.int64) - np.int64(start_ms)) // DAY_MS
 
 
 def _check_periods(train_days: int, delay_days: int, test_days: int) -> None:

@@ -16,10 +16,10 @@ from decimal import Decimal
 from typing import Any
 
 from fraud.contracts.currency import exponent
+from fraud.contracts.units import HOUR_MS
 
 __all__ = ["CURRENCIES", "random_batch", "random_document"]
 
-HOUR_MS = 3_600_000
 CURRENCIES: tuple[str, ...] = ("EUR", "USD", "JPY", "BHD")
 _OFFSETS = (-300, 0, 60, 120, 540)
 

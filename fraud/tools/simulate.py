@@ -59,6 +59,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import DAY_MS
+
 __all__ = [
     "COLUMNS",
     "LAT_RANGE",
@@ -75,8 +77,7 @@ I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 F64 = npt.NDArray[np.float64]
 
-SECONDS_PER_DAY = 86_400
-MS_PER_DAY = SECONDS_PER_DAY * 1000
+SECONDS_PER_DAY = DAY_MS // 1000
 
 # Handbook parameters.
 TIME_MEAN_S = SECONDS_PER_DAY / 2
@@ -161,7 +162,7 @@ class Simulated:
     @property
     def day(self) -> I64:
         """Day index of each transaction (0 = ``start_date``)."""
-        return self.event_time_ms // MS_PER_DAY - _epoch_day(self.start_date)
+        return self.event_time_ms // DAY_MS - _epoch_day(self.start_date)
 
 
 def columns_for(sim: Simulated) -> tuple[str, ...]:
@@ -327,7 +328,7 @@ def simulate(config: SimulationConfig) -> Simulated:
         lat, lon = t_lat[terminal], t_lon[terminal]
 
     # Sort by time (stable) and number the rows.
-    time_ms = (_epoch_day(config.start_date) + day) * MS_PER_DAY + sec_i * 1000
+    time_ms = (_epoch_day(config.start_date) + day) * DAY_MS + sec_i * 1000
     order = np.argsort(time_ms, kind="stable")
     return Simulated(
         transaction_id=np.arange(n, dtype=np.int64),

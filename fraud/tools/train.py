@@ -20,11 +20,11 @@ Model kinds (exported with ``fraud.model.export``):
 ``"logistic"``
     ``Pipeline(StandardScaler, LogisticRegression)``. A logistic table refuses NaN at scoring
     time, and the worker scores every transaction, so the model only uses features that are
-    always defined: the features that can be missing (:data:`NULLABLE_FEATURES`) and any other
-    feature with a NaN in the training rows are left out of the table (``meta["dropped"]``).
-    The worker selects the model's features by name (``check_features``), so a table on a
-    subset of the features works as is. Imputing instead would not help: the kernel has no
-    imputer, so the worker would still send NaN.
+    always defined: the features that can be missing (``fraud.contracts.units.NULLABLE_FEATURES``)
+    and any other feature with a NaN in the training rows are left out of the table
+    (``meta["dropped"]``). The worker selects the model's features by name
+    (``check_features``), so a table on a subset of the features works as is. Imputing
+    instead would not help: the kernel has no imputer, so the worker would still send NaN.
 
 Ids: ``fraud.tools.evaluate`` works on integer ids. Transaction and customer ids that are all
 decimal
@@ -44,21 +44,19 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import ALL_FEATURES, DAY_MS, NULLABLE_FEATURES
 from fraud.model.export import from_gradient_boosting, from_logistic
 from fraud.model.scoring import score
 from fraud.model.table import ModelTable, check_features, load_model_table, save_model_table
-from fraud.scoring.features import ALL_FEATURES
 from fraud.settings import Settings
 from fraud.tools.decision_log import DecisionLog, LabelLog, read_decisions, read_labels
 from fraud.tools.evaluate import (
-    MS_PER_DAY,
     EvaluationResult,
     evaluate,
     train_delay_test_split,
 )
 
 __all__ = [
-    "NULLABLE_FEATURES",
     "ModelKind",
     "TrainReport",
     "build_training_set",
@@ -75,9 +73,6 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 
-# Features the worker leaves NaN on some transactions (no previous transaction, no coordinates).
-NULLABLE_FEATURES: tuple[str, ...] = ("seconds_since_prev_tx", "geo_velocity_kmh")
-
 # HistGradientBoostingClassifier settings: small, shallow trees; no early stopping, so training
 # uses every row and a given seed always gives the same table.
 TREE_PARAMS: dict[str, Any] = {
@@ -92,7 +87,7 @@ TREE_PARAMS: dict[str, Any] = {
 
 def day_start_ms(event_time_ms: int) -> int:
     """Midnight UTC of the day of ``event_time_ms``."""
-    return (int(event_time_ms) // MS_PER_DAY) * MS_PER_DAY
+    return (int(event_time_ms) // DAY_MS) * DAY_MS
 
 
 def _iso_day(ms: int) -> str:
@@ -228,7 +223,7 @@ class TrainReport:
     features: tuple[str, ...]
 
     def summary(self) -> str:
-        end = self.start_ms + self.train_days * MS_PER_DAY
+        end = self.start_ms + self.train_days * DAY_MS
         return (
             f"{self.kind} model {self.version} -> {self.path}\n"
             f"  trained on {self.n_train} labelled decisions ({self.n_train_frauds} frauds) "
@@ -271,7 +266,7 @@ def train_from_topics(
     x, y = build_training_set(
         decisions, labels, start_ms=start, train_days=train_days, delay_days=delay_days
     )
-    end = start + train_days * MS_PER_DAY
+    end = start + train_days * DAY_MS
     meta = {
         "train_start": _iso_day(start),
         "train_end": _iso_day(end),

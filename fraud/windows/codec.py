@@ -14,7 +14,7 @@ import io
 import operator
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -98,6 +98,20 @@ def group_events(
     event_offsets = np.zeros(n_groups + 1, np.int64)
     np.cumsum(np.bincount(group, minlength=n_groups), out=event_offsets[1:])
     return order, event_offsets
+
+
+def gather(
+    states: Sequence[bytes | bytearray | None],
+    group: NDArray[np.integer[Any]],
+    header_bytes: int,
+    on_bad: Callable[[int], None],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """What a window kernel reads: every state at once (``join_states``: words, word offsets)
+    and the events grouped by state, arrival order kept inside a group (``group_events``:
+    order, event offsets). ``group`` must already index ``states``."""
+    words, word_offsets = join_states(states, header_bytes, on_bad)
+    order, event_offsets = group_events(group.astype(np.int64, copy=False), len(states))
+    return words, word_offsets, order, event_offsets
 
 
 def split_states(words: NDArray[np.int64], offsets: NDArray[np.int64]) -> list[bytes]:

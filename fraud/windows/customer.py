@@ -38,7 +38,6 @@ are not read: they lack terminals and locations.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import BEHAVIOUR_FEATURES, DAY_MS, WINDOW_DAYS
+from fraud.contracts.units import INT64_MAX as _INT64_MAX
 from fraud.kernels.customer import (
     COLUMNS,
     EARTH_RADIUS_KM,
@@ -56,18 +57,24 @@ from fraud.kernels.customer import (
     STATE_VERSION,
     update_customer_words,
 )
-from fraud.scoring.features import DAY_MS, WINDOW_DAYS
-from fraud.scoring.features import warmup as _warm_features
+from fraud.windows.checks import (
+    MAX_SPAN_MS,
+    check_groups,
+    check_windows,
+    raise_bad_state,
+    require_1d,
+    require_int,
+    require_int_array,
+    stable_hash,
+)
 from fraud.windows.codec import LE_I64 as _LE_I64
-from fraud.windows.codec import group_events, join_states, plain, split_states
+from fraud.windows.codec import gather, plain, split_states
 
 __all__ = [
-    "DAY_MS",
     "DEFAULT_CONFIG",
     "EARTH_RADIUS_KM",
     "EXTRA_FEATURES",
     "STATE_VERSION",
-    "WINDOW_DAYS",
     "CustomerConfig",
     "CustomerState",
     "decode_customer_state",
@@ -82,16 +89,10 @@ F64 = npt.NDArray[np.float64]
 CustomerState = tuple[I64, I64, I64, F64, F64, int]
 """``(ts, amount, terminal, lat, lon, max_ts)`` as ``decode_customer_state`` returns it."""
 
-EXTRA_FEATURES: tuple[str, ...] = (
-    "seconds_since_prev_tx",
-    "first_use_of_terminal",
-    "geo_velocity_kmh",
-)
+EXTRA_FEATURES: tuple[str, ...] = BEHAVIOUR_FEATURES
+"""The names of ``update_customers``' ``extras`` columns."""
 assert len(EXTRA_FEATURES) == N_EXTRAS
 
-# Limit on window and lateness lengths, so that their sum and ``t - w`` stay well inside int64.
-_MAX_SPAN_MS = 2**62
-_INT64_MAX = 2**63 - 1
 
 # version (u8), 3 zero bytes, count (u32), max_ts (i64): two little-endian 8-byte words.
 _HEADER = struct.Struct("<B3sIq")
@@ -112,21 +113,10 @@ class CustomerConfig:
     allowed_lateness_ms: int = DAY_MS
 
     def __post_init__(self) -> None:
-        windows = tuple(self.window_ms)
-        if not windows:
-            raise ValueError("window_ms must name at least one window")
-        for width in windows:
-            if isinstance(width, bool) or not isinstance(width, int | np.integer):
-                raise ValueError(f"window_ms entries must be ints, got {width!r}")
-            if not 0 < width <= _MAX_SPAN_MS:
-                raise ValueError(f"window_ms entries must be in (0, 2**62] ms, got {width}")
-        lateness = self.allowed_lateness_ms
-        if isinstance(lateness, bool) or not isinstance(lateness, int | np.integer):
-            raise ValueError(f"allowed_lateness_ms must be an int, got {lateness!r}")
-        if not 0 <= lateness <= _MAX_SPAN_MS:
-            raise ValueError(f"allowed_lateness_ms must be in [0, 2**62] ms, got {lateness}")
-        object.__setattr__(self, "window_ms", tuple(int(width) for width in windows))
-        object.__setattr__(self, "allowed_lateness_ms", int(lateness))
+        windows = check_windows(self.window_ms)
+        lateness = require_int("allowed_lateness_ms", self.allowed_lateness_ms, 0, MAX_SPAN_MS)
+        object.__setattr__(self, "window_ms", windows)
+        object.__setattr__(self, "allowed_lateness_ms", lateness)
 
     @property
     def terminal_ms(self) -> int:
@@ -143,34 +133,23 @@ DEFAULT_CONFIG = CustomerConfig()
 
 
 def terminal_hash(terminal_id: str) -> int:
-    """Stable signed int64 for a terminal id: BLAKE2b (8-byte digest) of its UTF-8, little-endian.
-
-    The same in every process and on every machine (unlike ``hash``), so it can live in state.
-    """
+    """Stable signed int64 for a terminal id (``fraud.windows.checks.stable_hash``)."""
     if not isinstance(terminal_id, str):
         raise ValueError(f"terminal_id must be a str, got {type(terminal_id).__name__}")
-    digest = hashlib.blake2b(terminal_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    return stable_hash(terminal_id)
 
 
-def _require_1d(name: str, value: Any, dtype: type[np.generic], kind: str) -> Any:
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{name} must be a numpy {kind} array, got {type(value).__name__}")
-    if value.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {kind}, got {value.dtype}")
-    if value.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {value.shape}")
-    return value
-
-
-def _require_int64_1d(name: str, value: Any) -> I64:
-    result: I64 = _require_1d(name, value, np.int64, "int64")
-    return result
-
-
-def _require_float64_1d(name: str, value: Any) -> F64:
-    result: F64 = _require_1d(name, value, np.float64, "float64")
-    return result
+def _require_events(
+    ts: Any, amount: Any, terminal: Any, lat: Any, lon: Any
+) -> tuple[I64, I64, I64, F64, F64]:
+    """The event columns, each checked to be 1-D of its dtype (int64, or float64 for degrees)."""
+    return (
+        require_1d("ts", ts, np.int64),
+        require_1d("amount", amount, np.int64),
+        require_1d("terminal", terminal, np.int64),
+        require_1d("lat", lat, np.float64),
+        require_1d("lon", lon, np.float64),
+    )
 
 
 def _check_coordinates(where: str, lat: F64, lon: F64) -> None:
@@ -201,11 +180,7 @@ def encode_customer_state(
     (uint32), max_ts (int64), then the times, the amounts, the terminals (int64 each), the
     latitudes, the longitudes (float64 each): ``16 + 40 * count`` bytes.
     """
-    ts = _require_int64_1d("ts", ts)
-    amount = _require_int64_1d("amount", amount)
-    terminal = _require_int64_1d("terminal", terminal)
-    lat = _require_float64_1d("lat", lat)
-    lon = _require_float64_1d("lon", lon)
+    ts, amount, terminal, lat, lon = _require_events(ts, amount, terminal, lat, lon)
     n = ts.shape[0]
     if not amount.shape[0] == terminal.shape[0] == lat.shape[0] == lon.shape[0] == n:
         raise ValueError(
@@ -292,12 +267,7 @@ def decode_customer_state(data: bytes | None) -> CustomerState:
 
 
 def _raise_bad_state(states: Sequence[bytes | None], g: int) -> None:
-    try:
-        decode_customer_state(states[g])
-    except ValueError as exc:
-        raise ValueError(f"states[{g}]: {exc}") from None
-    # unreachable: the kernel rejects nothing that decode_customer_state accepts
-    raise ValueError(f"states[{g}]: invalid customer state")  # pragma: no cover
+    raise_bad_state(states, g, decode_customer_state, "customer")
 
 
 def update_customers(
@@ -323,17 +293,8 @@ def update_customers(
     ``EXTRA_FEATURES``; ``new_states[g]`` the new bytes for every ``states[g]``, evicted to
     ``config.retain_ms`` (a customer without events is evicted too).
     """
-    ts = _require_int64_1d("ts", ts)
-    amount = _require_int64_1d("amount", amount)
-    terminal = _require_int64_1d("terminal", terminal)
-    lat = _require_float64_1d("lat", lat)
-    lon = _require_float64_1d("lon", lon)
-    if not isinstance(group, np.ndarray):
-        raise ValueError(f"group must be a numpy integer array, got {type(group).__name__}")
-    if not np.issubdtype(group.dtype, np.integer):
-        raise ValueError(f"group must have an integer dtype, got {group.dtype}")
-    if group.ndim != 1:
-        raise ValueError(f"group must be 1-D, got shape {group.shape}")
+    ts, amount, terminal, lat, lon = _require_events(ts, amount, terminal, lat, lon)
+    group = require_int_array("group", group)
     n_events = ts.shape[0]
     lengths = (group.shape[0], n_events, amount.shape[0], terminal.shape[0])
     if not all(size == n_events for size in (*lengths, lat.shape[0], lon.shape[0])):
@@ -343,17 +304,10 @@ def update_customers(
         )
     _check_coordinates("", lat, lon)
     n_groups = len(states)
-    if n_events:
-        low, high = int(group.min()), int(group.max())
-        if low < 0 or high >= n_groups:
-            bad = low if low < 0 else high
-            raise ValueError(f"group index {bad} out of range for {n_groups} states")
-    group64 = group.astype(np.int64, copy=False)
-
-    # every state at once: states are whole 8-byte words, concatenated
-    words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
-    # events grouped, arrival order kept inside a group (stable sort)
-    order, event_offsets = group_events(group64, n_groups)
+    check_groups(group, n_groups)
+    words, word_offsets, order, event_offsets = gather(
+        states, group, _HEADER_BYTES, lambda g: _raise_bad_state(states, g)
+    )
     n_windows = len(config.window_ms)
     counts = np.empty((n_events, n_windows), np.int64)
     sums = np.empty((n_events, n_windows), np.int64)
@@ -384,9 +338,7 @@ def update_customers(
 
 def warmup() -> None:
     """Compile (or load from numba's cache) every kernel, using the same argument types as
-    ``update_customers`` does, so the first real batch does not pay for it; and those of the
-    features the customer stage adds (``fraud.scoring.features.time_features``,
-    ``amount_ratios``)."""
+    ``update_customers`` does, so the first real batch does not pay for it."""
     nan = float("nan")
     state = encode_customer_state(
         np.array([0], np.int64),
@@ -406,4 +358,3 @@ def warmup() -> None:
         np.array([2.0, nan, 2.5], np.float64),
     )
     decode_customer_state(new_states[1])
-    _warm_features()

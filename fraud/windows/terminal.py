@@ -46,7 +46,6 @@ allowed_lateness_ms`` (38 days by default):
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS, WINDOW_DAYS
 from fraud.kernels.features import risk_into
 from fraud.kernels.terminal import (
     HEADER_WORDS,
@@ -65,17 +65,17 @@ from fraud.kernels.terminal import (
     STATE_VERSION,
     update_terminal_words,
 )
+from fraud.windows import checks
+from fraud.windows.checks import MAX_SPAN_MS
 from fraud.windows.codec import LE_I64 as _LE_I64
-from fraud.windows.codec import group_events, join_states, plain, split_states
+from fraud.windows.codec import gather, plain, split_states
 
 __all__ = [
-    "DAY_MS",
     "DEFAULT_CONFIG",
     "INT64_MAX",
     "KIND_LABEL",
     "KIND_TX",
     "STATE_VERSION",
-    "WINDOW_DAYS",
     "TerminalConfig",
     "TerminalState",
     "decode_terminal_state",
@@ -90,25 +90,10 @@ I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 F64 = npt.NDArray[np.float64]
 
-WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
-DAY_MS = 86_400_000
-DELAY_DAYS = 7
-
-# Limit on delay + longest window + lateness, so that ``t - retain`` and the like fit in int64.
-_MAX_SPAN_MS = 2**62
-
 # version (u8), 3 zero bytes, tx count (u32), pending count (u32), 4 zero bytes, max_ts (i64)
 _HEADER = struct.Struct("<B3sII4sq")
 _HEADER_BYTES = _HEADER.size
 assert _HEADER_BYTES == 8 * HEADER_WORDS
-
-
-def _require_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -116,26 +101,21 @@ class TerminalConfig:
     """Label delay, window lengths (ms), lateness allowed without missing evicted history, and
     the most pending labels a terminal keeps."""
 
-    delay_ms: int = DELAY_DAYS * DAY_MS
+    delay_ms: int = LABEL_DELAY_DAYS * DAY_MS
     window_ms: tuple[int, ...] = tuple(days * DAY_MS for days in WINDOW_DAYS)
     allowed_lateness_ms: int = DAY_MS
     max_pending: int = 10_000
 
     def __post_init__(self) -> None:
-        windows = tuple(self.window_ms)
-        if not windows:
-            raise ValueError("window_ms must name at least one window")
-        for width in windows:
-            if isinstance(width, bool) or not isinstance(width, int | np.integer):
-                raise ValueError(f"window_ms entries must be ints, got {width!r}")
-            if not 0 < width <= _MAX_SPAN_MS:
-                raise ValueError(f"window_ms entries must be in (0, 2**62] ms, got {width}")
-        delay = _require_int("delay_ms", self.delay_ms, 0, _MAX_SPAN_MS)
-        lateness = _require_int("allowed_lateness_ms", self.allowed_lateness_ms, 0, _MAX_SPAN_MS)
-        max_pending = _require_int("max_pending", self.max_pending, 0, 2**32 - 1)
-        if delay + max(windows) + lateness > _MAX_SPAN_MS:
+        windows = checks.check_windows(self.window_ms)
+        delay = checks.require_int("delay_ms", self.delay_ms, 0, MAX_SPAN_MS)
+        lateness = checks.require_int(
+            "allowed_lateness_ms", self.allowed_lateness_ms, 0, MAX_SPAN_MS
+        )
+        max_pending = checks.require_int("max_pending", self.max_pending, 0, 2**32 - 1)
+        if delay + max(windows) + lateness > MAX_SPAN_MS:
             raise ValueError("delay_ms + max(window_ms) + allowed_lateness_ms must be <= 2**62 ms")
-        object.__setattr__(self, "window_ms", tuple(int(width) for width in windows))
+        object.__setattr__(self, "window_ms", windows)
         object.__setattr__(self, "delay_ms", delay)
         object.__setattr__(self, "allowed_lateness_ms", lateness)
         object.__setattr__(self, "max_pending", max_pending)
@@ -177,28 +157,6 @@ class TerminalState:
     pending_fraud: I8 = field(default_factory=_empty8)
     pending_label_time: I64 = field(default_factory=_empty64)
     max_ts: int = int(INT64_MIN)
-
-
-def _require_1d(name: str, value: Any, dtype: type[np.generic]) -> Any:
-    if not isinstance(value, np.ndarray):
-        raise ValueError(
-            f"{name} must be a numpy {np.dtype(dtype)} array, got {type(value).__name__}"
-        )
-    if value.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {value.dtype}")
-    if value.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {value.shape}")
-    return value
-
-
-def _require_int_array(name: str, value: Any) -> npt.NDArray[np.integer[Any]]:
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{name} must be a numpy integer array, got {type(value).__name__}")
-    if not np.issubdtype(value.dtype, np.integer):
-        raise ValueError(f"{name} must have an integer dtype, got {value.dtype}")
-    if value.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {value.shape}")
-    return value
 
 
 def _check_state(state: TerminalState, what: str) -> None:
@@ -244,13 +202,13 @@ def encode_terminal_state(state: TerminalState) -> bytes:
     transactions then of the pending labels, zero-padded to a whole word. Invalid states
     (unsorted, conflicting labels, wrong dtypes or lengths...) raise ValueError.
     """
-    ts = _require_1d("ts", state.ts, np.int64)
-    hashes = _require_1d("tx_hash", state.tx_hash, np.int64)
-    fraud = _require_1d("fraud", state.fraud, np.int8)
-    label_time = _require_1d("label_time", state.label_time, np.int64)
-    pd_hash = _require_1d("pending_hash", state.pending_hash, np.int64)
-    pd_fraud = _require_1d("pending_fraud", state.pending_fraud, np.int8)
-    pd_lt = _require_1d("pending_label_time", state.pending_label_time, np.int64)
+    ts = checks.require_1d("ts", state.ts, np.int64)
+    hashes = checks.require_1d("tx_hash", state.tx_hash, np.int64)
+    fraud = checks.require_1d("fraud", state.fraud, np.int8)
+    label_time = checks.require_1d("label_time", state.label_time, np.int64)
+    pd_hash = checks.require_1d("pending_hash", state.pending_hash, np.int64)
+    pd_fraud = checks.require_1d("pending_fraud", state.pending_fraud, np.int8)
+    pd_lt = checks.require_1d("pending_label_time", state.pending_label_time, np.int64)
     n = ts.shape[0]
     p = pd_hash.shape[0]
     if not hashes.shape[0] == fraud.shape[0] == label_time.shape[0] == n:
@@ -259,7 +217,7 @@ def encode_terminal_state(state: TerminalState) -> bytes:
         raise ValueError("pending_hash, pending_fraud and pending_label_time differ in length")
     if n >= 2**32 or p >= 2**32:
         raise ValueError("a state holds at most 2**32 - 1 transactions and pending labels")
-    max_ts = _require_int("max_ts", state.max_ts, int(INT64_MIN), int(INT64_MAX))
+    max_ts = checks.require_int("max_ts", state.max_ts, int(INT64_MIN), int(INT64_MAX))
     _check_state(state, "")
     header = _HEADER.pack(STATE_VERSION, b"\0\0\0", n, p, b"\0\0\0\0", max_ts)
     flags = np.concatenate([fraud, pd_fraud]).tobytes()
@@ -330,11 +288,7 @@ def decode_terminal_state(data: bytes | None) -> TerminalState:
 
 
 def _raise_bad_state(states: Sequence[bytes | None], g: int) -> None:
-    try:
-        decode_terminal_state(states[g])
-    except ValueError as exc:
-        raise ValueError(f"states[{g}]: {exc}") from None
-    raise ValueError(f"states[{g}]: invalid terminal state")  # pragma: no cover
+    checks.raise_bad_state(states, g, decode_terminal_state, "terminal")
 
 
 def update_terminals(
@@ -358,31 +312,25 @@ def update_terminals(
     events get rows of zeros), column ``w`` for ``config.window_ms[w]``; ``new_states[g]`` the new
     bytes for every ``states[g]``, evicted (a terminal without events is evicted too).
     """
-    ts = _require_1d("ts", ts, np.int64)
-    tx_hash = _require_1d("tx_hash", tx_hash, np.int64)
-    group = _require_int_array("group", group)
-    kind = _require_int_array("kind", kind)
-    fraud = _require_int_array("fraud", fraud)
+    ts = checks.require_1d("ts", ts, np.int64)
+    tx_hash = checks.require_1d("tx_hash", tx_hash, np.int64)
+    group = checks.require_int_array("group", group)
+    kind = checks.require_int_array("kind", kind)
+    fraud = checks.require_int_array("fraud", fraud)
     n_events = ts.shape[0]
     lengths = [a.shape[0] for a in (group, kind, ts, tx_hash, fraud)]
     if any(length != n_events for length in lengths):
         raise ValueError(f"group, kind, ts, tx_hash and fraud differ in length: {lengths}")
     n_groups = len(states)
+    checks.check_groups(group, n_groups)
     if n_events:
-        low, high = int(group.min()), int(group.max())
-        if low < 0 or high >= n_groups:
-            bad = low if low < 0 else high
-            raise ValueError(f"group index {bad} out of range for {n_groups} states")
         if int(kind.min()) < 0 or int(kind.max()) > 1:
             raise ValueError("kind must be 0 (transaction) or 1 (label)")
         if int(fraud.min()) < 0 or int(fraud.max()) > 1:
             raise ValueError("fraud must be 0 or 1")
-    group64 = group.astype(np.int64, copy=False)
-
-    # every state at once: states are whole 8-byte words, concatenated
-    words, word_offsets = join_states(states, _HEADER_BYTES, lambda g: _raise_bad_state(states, g))
-    # events grouped, processing order kept inside a group (stable sort)
-    order, event_offsets = group_events(group64, n_groups)
+    words, word_offsets, order, event_offsets = gather(
+        states, group, _HEADER_BYTES, lambda g: _raise_bad_state(states, g)
+    )
     n_windows = len(config.window_ms)
     counts = np.empty((n_events, n_windows), np.int64)
     frauds = np.empty((n_events, n_windows), np.int64)
@@ -425,10 +373,8 @@ def risk(counts: I64, frauds: I64) -> F64:
 
 
 def tx_hash(transaction_id: str) -> int:
-    """Stable 64-bit hash of a transaction id: the 8-byte BLAKE2b digest of its UTF-8 bytes,
-    read as a little-endian signed int64 (the same in every process, unlike ``hash()``)."""
-    digest = hashlib.blake2b(transaction_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    """Stable signed int64 for a transaction id (``fraud.windows.checks.stable_hash``)."""
+    return checks.stable_hash(transaction_id)
 
 
 def warmup() -> None:

@@ -5,7 +5,7 @@
                                                                                    alerts
 Everything here moves bytes between Faust and ``fraud.worker.loop.WorkerLoop``, which holds
 the worker's state and protocol (alignment, the in-line switch, checkpoints); the logic is
-``fraud.scoring.stages``.
+``fraud.scoring`` (``customer_stage``, ``terminal_stage``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from fraud.contracts.partitioning import contract_of
 from fraud.contracts.records import RawRecord
 from fraud.kafka_config import high_watermarks
 from fraud.metrics import WorkerMetrics, worker_metrics
-from fraud.scoring.stages import CustomerStage, Policy, TerminalStage
+from fraud.scoring.customer_stage import CustomerStage
+from fraud.scoring.policy import Policy
+from fraud.scoring.terminal_stage import TerminalStage
 from fraud.settings import Settings
 from fraud.windows.customer import CustomerConfig
 from fraud.windows.terminal import TerminalConfig

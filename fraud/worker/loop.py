@@ -28,7 +28,9 @@ from fraud.contracts.partitioning import (
 )
 from fraud.contracts.records import RawRecord
 from fraud.metrics import WorkerMetrics
-from fraud.scoring.stages import CustomerStage, Enriched, TerminalResult, TerminalStage
+from fraud.scoring.batch import Enriched
+from fraud.scoring.customer_stage import CustomerStage
+from fraud.scoring.terminal_stage import TerminalResult, TerminalStage
 from fraud.settings import Settings, Topics
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.enriched_pb2 import EnrichedBatch

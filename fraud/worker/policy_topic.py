@@ -44,12 +44,16 @@ from confluent_kafka import (
 )
 
 from fraud.broker import BrokerError, TopicSpec, admin_client, create_topics, topic_config
-from fraud.kafka_config import make_consumer, make_producer, watermark_offsets
+from fraud.contracts.units import ALL_FEATURES
+from fraud.kafka_config import (
+    make_consumer,
+    make_producer,
+    watermark_offsets,
+)
 from fraud.model.table import ModelTable, ModelTableError, check_features, from_json
 from fraud.rules.compiled import CompiledRules, compile_rules
 from fraud.rules.table import RuleTableError, parse_rule_table
-from fraud.scoring.features import ALL_FEATURES
-from fraud.scoring.stages import Policy
+from fraud.scoring.policy import Policy
 from fraud.settings import Settings
 
 __all__ = [

@@ -12,10 +12,9 @@ from typing import Any
 import faust.worker
 
 from fraud.broker import ensure_topics
-from fraud.contracts.records import warmup
 from fraud.metrics import MetricsServer
-from fraud.scoring.policy import policy_from_settings
-from fraud.scoring.stages import Policy
+from fraud.scoring.policy import Policy, policy_from_settings
+from fraud.scoring.warmup import warmup
 from fraud.settings import Settings
 from fraud.worker.app import create_app, internal_topics
 from fraud.worker.policy_topic import PolicyWatcher, policy_topic_spec

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from fraud.broker import free_port
+from fraud.contracts.units import DAY_MS
 from fraud.contracts.wire import parse_transaction
 from fraud.ingest.gateway import (
     Gateway,
@@ -39,7 +40,6 @@ from fraud.tools.tail import open_consumer
 from fraud.v1.transaction_pb2 import Transaction
 
 NOW_MS = 1_764_000_000_000  # 2025-11-24T16:00:00Z
-DAY_MS = 86_400_000
 
 VALID: dict[str, Any] = {
     "transaction_id": "tx-1",

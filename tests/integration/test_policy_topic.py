@@ -12,13 +12,12 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from fraud.contracts.units import ALL_FEATURES
 from fraud.kafka_config import client_config, producer_config
 from fraud.model.export import from_gradient_boosting
 from fraud.model.table import ModelTableError, save_model_table
 from fraud.rules.table import RuleTableError
-from fraud.scoring.features import ALL_FEATURES
-from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import Policy
+from fraud.scoring.policy import Policy, load_policy
 from fraud.settings import Settings
 from fraud.worker.policy_topic import (
     MODEL_KEY,

@@ -21,10 +21,10 @@ from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud.broker import ensure_topics, free_port
+from fraud.contracts.units import ALL_FEATURES, DAY_MS
 from fraud.ingest.replay import Pacing, replay
 from fraud.reference.rules import reference_evaluate_many
 from fraud.rules.table import load_rule_table
-from fraud.scoring.features import ALL_FEATURES, DAY_MS
 from fraud.settings import Settings
 from fraud.testing import StepReplay
 from fraud.tools.demo import worker_process

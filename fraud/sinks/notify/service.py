@@ -39,6 +39,7 @@ from fraud.contracts.records import RawRecord
 from fraud.contracts.wire import Rejected
 from fraud.kafka_config import aiokafka_config
 from fraud.metrics import NOTIFIER_DEAD_LETTER_REASONS, NotifierMetrics, notifier_metrics
+from fraud.serve import run_until_signalled
 from fraud.settings import Settings
 from fraud.sinks.notify.email import EmailSender
 from fraud.sinks.notify.routing import (
@@ -59,7 +60,6 @@ from fraud.sinks.notify.routing import (
 )
 from fraud.sinks.notify.sms import SmsSender
 from fraud.sinks.retry import CircuitBreaker
-from fraud.sinks.serve import run_until_signalled
 from fraud.worker import fetch_backoff
 
 __all__ = [

@@ -66,6 +66,7 @@ from fraud.contracts.dead_letter import dead_letter_record
 from fraud.contracts.wire import Rejected, to_json
 from fraud.kafka_config import aiokafka_config
 from fraud.metrics import EndpointMetrics, WebhookMetrics, webhook_metrics
+from fraud.serve import run_until_signalled
 from fraud.settings import Settings
 from fraud.sinks.retry import (
     Action,
@@ -76,7 +77,6 @@ from fraud.sinks.retry import (
     next_step,
     retry_after_seconds,
 )
-from fraud.sinks.serve import run_until_signalled
 from fraud.sinks.webhooks.envelope import (
     Envelope,
     OffsetTracker,

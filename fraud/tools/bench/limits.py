@@ -25,12 +25,14 @@ from bisect import bisect_right, insort
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fraud.kafka_config import high_watermarks, make_consumer, make_producer, produce
+from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS, WINDOW_DAYS
+from fraud.kafka_config import (
+    high_watermarks,
+    make_consumer,
+    make_producer,
+    produce,
+)
 from fraud.settings import Settings
-
-DAY_MS = 86_400_000
-WINDOWS = (1, 7, 30)
-DELAY_DAYS = 7
 
 
 def fill(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
@@ -106,22 +108,22 @@ class NaiveFeatures:
     def customer(
         history: list[list[int]], t: int, amount: int
     ) -> tuple[list[list[int]], list[float]]:
-        history = [h for h in history if h[0] > t - max(WINDOWS) * DAY_MS]
+        history = [h for h in history if h[0] > t - max(WINDOW_DAYS) * DAY_MS]
         history.append([t, amount])
         feats: list[float] = []
-        for days in WINDOWS:
+        for days in WINDOW_DAYS:
             inside = [a for ts, a in history if ts > t - days * DAY_MS]
             feats += [float(len(inside)), sum(inside) / len(inside)]
         return history, feats
 
     @staticmethod
     def terminal(times: list[int], t: int) -> tuple[list[int], list[float]]:
-        horizon = t - (DELAY_DAYS + max(WINDOWS)) * DAY_MS
+        horizon = t - (LABEL_DELAY_DAYS + max(WINDOW_DAYS)) * DAY_MS
         times = times[bisect_right(times, horizon) :]
         insort(times, t)
-        end = t - DELAY_DAYS * DAY_MS
+        end = t - LABEL_DELAY_DAYS * DAY_MS
         hi = bisect_right(times, end)
-        return times, [float(hi - bisect_right(times, end - d * DAY_MS)) for d in WINDOWS]
+        return times, [float(hi - bisect_right(times, end - d * DAY_MS)) for d in WINDOW_DAYS]
 
 
 def _child(kind: str, brokers: str, topic: str, n: int, partitions: int) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fraud.broker import LOCAL_BROKER, BrokerChoice, BrokerInUse, TopicSpec, ensure_topics
+from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS
 from fraud.ingest.replay import replay
-from fraud.scoring.features import DAY_MS
 from fraud.settings import Settings
 from fraud.tools.bench import usage
 from fraud.tools.bench.latency import (
@@ -93,7 +93,9 @@ def measure_replay(
     ensure_topics(s)
     with worker_process(s, root, say, timeout_s=120), usage.measure(used.pids) as broker_use:
         started = time.perf_counter()
-        stats = replay(s, path, label_delay_ms=7 * DAY_MS, batch=500, fraud_labels_only=True)
+        stats = replay(
+            s, path, label_delay_ms=LABEL_DELAY_DAYS * DAY_MS, batch=500, fraud_labels_only=True
+        )
         produced = time.perf_counter() - started
         decisions = s.topic_names.decisions
         deadline = time.monotonic() + 1800

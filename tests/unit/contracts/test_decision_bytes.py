@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fraud.contracts.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
+from fraud.contracts.units import ALL_FEATURES
 from fraud.model.scoring import top_reasons
 from fraud.model.table import ModelTable
-from fraud.scoring.features import ALL_FEATURES
 from fraud.v1.decision_pb2 import Decision, Reason
 
 

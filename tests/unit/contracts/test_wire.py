@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fraud.contracts.units import DAY_MS, HOUR_MS
 from fraud.contracts.wire import (
     MAX_ID_LENGTH,
     Rejected,
@@ -24,8 +25,6 @@ from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.transaction_pb2 import Transaction
 
 ROOT = Path(__file__).resolve().parents[3]
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 NOW_MS = int(datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp() * 1000)
 MAX_FUTURE_MS = 2 * DAY_MS
 

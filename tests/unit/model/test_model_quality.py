@@ -26,7 +26,7 @@ from benchmarks.model_quality import (
     protocol_start_ms,
     shortfalls,
 )
-from fraud.scoring.features import ALL_FEATURES
+from fraud.contracts.units import ALL_FEATURES
 from fraud.settings import Settings
 from fraud.tools.evaluate import EvaluationResult
 from fraud.tools.simulate import Simulated, SimulationConfig, simulate

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from fraud.contracts.records import RawRecord
-from fraud.scoring.features import ALL_FEATURES
+from fraud.contracts.units import ALL_FEATURES, DAY_MS
+from fraud.scoring.customer_stage import CustomerStage
 from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import CustomerStage, TerminalStage
+from fraud.scoring.terminal_stage import TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock
 from fraud.tools.simulate import Simulated, SimulationConfig, simulate
@@ -17,8 +18,6 @@ from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 from fraud.windows.store import InMemoryStore
 from tests.batch_reference import batch_features
-
-DAY_MS = 86_400_000
 
 
 def transactions(sim: Simulated) -> list[Transaction]:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from fraud.contracts.records import RawRecord
-from fraud.scoring.features import ALL_FEATURES, CUSTOMER_STAGE_FEATURES
-from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import CustomerStage, Policy, TerminalResult, TerminalStage
+from fraud.contracts.units import ALL_FEATURES, CUSTOMER_STAGE_FEATURES, DAY_MS, HOUR_MS
+from fraud.scoring.customer_stage import CustomerStage
+from fraud.scoring.policy import Policy, load_policy
+from fraud.scoring.terminal_stage import TerminalResult, TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock, make_record, random_transactions
 from fraud.v1.decision_pb2 import Action, Decision
@@ -24,8 +25,6 @@ from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 from fraud.windows.store import InMemoryStore
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 START_MS = 1_522_540_800_000  # 2018-04-01T00:00Z (a Sunday): history replays are valid input
 N_PARTITIONS = 3
 GARBAGE = b"\xff\xff\xff\xff"

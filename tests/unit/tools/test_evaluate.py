@@ -11,8 +11,8 @@ import numpy.typing as npt
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from fraud.contracts.units import DAY_MS as MS_PER_DAY
 from fraud.tools.evaluate import (
-    MS_PER_DAY,
     EvaluationResult,
     average_precision,
     card_precision_at_k,

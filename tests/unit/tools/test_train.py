@@ -11,22 +11,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fraud.contracts.units import ALL_FEATURES, HOUR_MS, NULLABLE_FEATURES
+from fraud.contracts.units import DAY_MS as MS_PER_DAY
 from fraud.model.scoring import score
-from fraud.scoring.features import ALL_FEATURES
 from fraud.tools.decision_log import DecisionLog, LabelLog
-from fraud.tools.evaluate import MS_PER_DAY
-from fraud.tools.train import (
-    NULLABLE_FEATURES,
-    build_training_set,
-    train_model,
-)
+from fraud.tools.train import build_training_set, train_model
 
 # Train on days 14..20 (the terminal risk features need a week of labels before them, and the
 # 30-day windows some history), delay 21..27, test 28..34.
 
 
 def _ms(day: int, hour: int = 12) -> int:
-    return day * MS_PER_DAY + hour * 3_600_000
+    return day * MS_PER_DAY + hour * HOUR_MS
 
 
 def _log(times: list[int], ids: list[str], nan_col: int | None = None) -> DecisionLog:

@@ -9,11 +9,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from fraud.contracts.units import DAY_MS, HOUR_MS
 from fraud.kernels.customer import INT64_MIN, update_customer_words
 from fraud.reference.customer import haversine_km, reference_customers
 from fraud.scoring.features import amount_ratios, time_features
 from fraud.windows.customer import (
-    DAY_MS,
     EXTRA_FEATURES,
     CustomerConfig,
     decode_customer_state,
@@ -25,7 +25,6 @@ from fraud.windows.customer import (
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-HOUR_MS = 3_600_000
 T0 = 1_700_000_000_000
 NAN = math.nan
 PARIS = (48.8566, 2.3522)

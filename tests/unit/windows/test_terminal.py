@@ -10,10 +10,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from fraud.contracts.units import DAY_MS, HOUR_MS
 from fraud.kernels.terminal import INT64_MAX, INT64_MIN
 from fraud.reference.terminal import reference_terminals, reference_terminals_evicting
 from fraud.windows.terminal import (
-    DAY_MS,
     KIND_LABEL,
     KIND_TX,
     TerminalConfig,
@@ -27,7 +27,6 @@ from fraud.windows.terminal import (
 )
 
 I64 = npt.NDArray[np.int64]
-HOUR_MS = 3_600_000
 D = DAY_MS
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # midnight: the grid is aligned on days
 

@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 from fraud.contracts.partitioning import CONTRACT_HEADER, ENRICHED_BATCH, partition_for
 from fraud.contracts.records import RawRecord
 from fraud.metrics import WorkerMetrics
-from fraud.scoring.policy import load_policy
-from fraud.scoring.stages import CustomerStage, Policy, TerminalStage
+from fraud.scoring.customer_stage import CustomerStage
+from fraud.scoring.policy import Policy, load_policy
+from fraud.scoring.terminal_stage import TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock, make_record
 from fraud.v1.decision_pb2 import Decision

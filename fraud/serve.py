@@ -1,4 +1,4 @@
-"""Run a sink's coroutine until SIGTERM or SIGINT asks it to stop."""
+"""Run a service's coroutine (a sink, the gateway) until SIGTERM or SIGINT asks it to stop."""
 
 from __future__ import annotations
 

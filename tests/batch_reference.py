@@ -1,4 +1,4 @@
-"""Batch reference of the full feature set, straight from the definitions (issue 3).
+"""Batch reference of the full feature set, straight from the definitions .
 
 Works on a whole simulated file at once, in file order (time-sorted, ties in file order), as a
 risk team would compute the handbook's features offline. The streaming engine must equal it.

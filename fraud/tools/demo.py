@@ -180,7 +180,13 @@ def managed_process(
 def worker_process(
     settings: Settings, workdir: Path, say: Say, timeout_s: float = 60.0
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """``fraud worker`` as a child process, ready (partitions assigned, kernels warm)."""
+    """``fraud worker`` as a child process, ready (partitions assigned, kernels warm).
+
+    numba's cache is filled here first, so that ``timeout_s`` never pays for a first
+    compilation on a new or busy machine (about a minute cold); loading it is the child's."""
+    warmed = time.monotonic()
+    warmup()
+    say(f"kernels warm in {time.monotonic() - warmed:.1f} s")
     ready = workdir / "worker.ready"
     args = [
         "worker", *_kafka_args(settings),
@@ -328,11 +334,6 @@ def run_demo(
                 )
             )
             say(f"sinks: webhooks -> {receiver.url}, notifier -> SMTP 127.0.0.1:{mail.port}")
-        # Fill numba's cache here, so that the worker's start-up deadline does not pay for a
-        # first compilation on a new machine.
-        warmed = time.monotonic()
-        warmup()
-        say(f"kernels warm in {time.monotonic() - warmed:.1f} s")
         t0 = time.monotonic()
         with stack, worker_process(settings, root, say):
             summary.startup_seconds = time.monotonic() - t0

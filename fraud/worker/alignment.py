@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-T = TypeVar("T")
+from fraud.contracts.units import INT64_MAX as END_TIME
+from fraud.contracts.units import NO_TIME
 
-NO_TIME = -(2**63)
-END_TIME = 2**63 - 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)

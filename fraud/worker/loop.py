@@ -27,6 +27,7 @@ from fraud.contracts.partitioning import (
     partition_for,
 )
 from fraud.contracts.records import RawRecord
+from fraud.contracts.units import NO_TIME
 from fraud.metrics import WorkerMetrics
 from fraud.scoring.batch import Enriched
 from fraud.scoring.customer_stage import CustomerStage
@@ -229,7 +230,7 @@ class WorkerLoop:
         needs: dict[int, int] = {}
         for tx, partition in zip(columns.txs, parts, strict=True):
             t = tx.event_time_ms
-            if t > needs.get(partition, -(2**63)):
+            if t > needs.get(partition, NO_TIME):
                 needs[partition] = t
         if needs and not await self.watermarks.wait(needs):
             self.metrics.label_wait_timeouts.inc()

@@ -19,9 +19,8 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 
+from fraud.contracts.units import NO_TIME
 from fraud.worker.alignment import Position
-
-NO_TIME = -(2**63)
 
 
 class LabelWatermarks:

@@ -1,4 +1,4 @@
-"""The two stages in memory, equal to the batch reference from the definitions (issue 3)."""
+"""The two stages in memory, equal to the batch reference from the definitions."""
 
 from __future__ import annotations
 

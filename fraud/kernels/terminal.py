@@ -106,17 +106,18 @@ def _find(table: I64, mask: int, shift: int, rec_hash: I64, h: int) -> int:
 
 
 @njit_cached
-def _fraud_insert(f_ts: I64, f_rec: I64, nf: int, t: int, r: int) -> int:
-    """Insert (t, r) into the fraud list of length ``nf`` (after equal times); returns nf + 1."""
-    pos = nf
-    if nf > 0 and f_ts[nf - 1] > t:
-        pos = _upper(f_ts, nf, t)
-        for j in range(nf, pos, -1):
-            f_ts[j] = f_ts[j - 1]
-            f_rec[j] = f_rec[j - 1]
-    f_ts[pos] = t
-    f_rec[pos] = r
-    return nf + 1
+def _insert_sorted(ts: I64, values: I64, n: int, t: int, value: int) -> int:
+    """Insert (t, value) into the parallel arrays of length ``n``, ascending by time (after
+    equal times; appending is the usual case); returns n + 1."""
+    pos = n
+    if n > 0 and ts[n - 1] > t:
+        pos = _upper(ts, n, t)
+        for j in range(n, pos, -1):
+            ts[j] = ts[j - 1]
+            values[j] = values[j - 1]
+    ts[pos] = t
+    values[pos] = value
+    return n + 1
 
 
 @njit_cached
@@ -363,7 +364,7 @@ def update_terminal_words(
                     slot = r_head[r]
                     while slot >= 0:
                         if f == 1:
-                            nf = _fraud_insert(f_ts, f_rec, nf, e_ts[slot], r)
+                            nf = _insert_sorted(f_ts, f_rec, nf, e_ts[slot], r)
                         else:
                             nf = _fraud_remove(f_ts, f_rec, nf, e_ts[slot], r)
                         slot = e_next[slot]
@@ -407,18 +408,9 @@ def update_terminal_words(
             e_rec[slot] = r
             e_next[slot] = r_head[r]
             r_head[r] = slot
-            if n == 0 or s_ts[n - 1] <= t:
-                pos = n  # usual case: append
-            else:
-                pos = _upper(s_ts, n, t)
-                for j in range(n, pos, -1):
-                    s_ts[j] = s_ts[j - 1]
-                    s_slot[j] = s_slot[j - 1]
-            s_ts[pos] = t
-            s_slot[pos] = slot
-            n += 1
+            n = _insert_sorted(s_ts, s_slot, n, t, slot)
             if r_fraud[r] == 1:
-                nf = _fraud_insert(f_ts, f_rec, nf, t, r)
+                nf = _insert_sorted(f_ts, f_rec, nf, t, r)
             mx = max(mx, t)
 
         # eviction

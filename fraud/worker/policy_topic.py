@@ -179,30 +179,40 @@ def _headers(version: str, name: str) -> list[tuple[str, bytes]]:
     ]
 
 
-def publish_rules(settings: Settings, path: str | Path) -> str:
-    """Validate the decision table at ``path`` and publish it; returns its version."""
+def _publish(
+    settings: Settings,
+    path: str | Path,
+    key: bytes,
+    error: type[Exception],
+    version_of: Callable[[bytes, str], str],
+    kind: str,
+) -> str:
+    """Read the table at ``path``, validate it (``version_of`` raises ``error``), publish it
+    under ``key``; returns its version."""
     target = Path(path)
     try:
         data = target.read_bytes()
     except OSError as exc:
-        raise RuleTableError(f"{target}: cannot read: {exc}") from None
-    rules = parse_rules(data, str(target))
-    _produce(settings, RULES_KEY, data, _headers(rules.version, target.name))
-    log.info("published rules %s from %s", rules.version, target)
-    return rules.version
+        raise error(f"{target}: cannot read: {exc}") from None
+    version = version_of(data, str(target))
+    _produce(settings, key, data, _headers(version, target.name))
+    log.info("published %s %s from %s", kind, version, target)
+    return version
+
+
+def publish_rules(settings: Settings, path: str | Path) -> str:
+    """Validate the decision table at ``path`` and publish it; returns its version."""
+    return _publish(
+        settings, path, RULES_KEY, RuleTableError, lambda d, n: parse_rules(d, n).version, "rules"
+    )
 
 
 def publish_model(settings: Settings, path: str | Path) -> str:
     """Validate the model table at ``path`` and publish it; returns its version."""
-    target = Path(path)
-    try:
-        data = target.read_bytes()
-    except OSError as exc:
-        raise ModelTableError(f"{target}: cannot read: {exc}") from None
-    model, _ = parse_model(data, str(target))
-    _produce(settings, MODEL_KEY, data, _headers(model.version, target.name))
-    log.info("published model %s from %s", model.version, target)
-    return model.version
+    return _publish(
+        settings, path, MODEL_KEY, ModelTableError, lambda d, n: parse_model(d, n)[0].version,
+        "model",
+    )  # fmt: skip
 
 
 def clear_model(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """Behaviour of the two stages on hand-built micro-batches: dead letters, state writes, batch
 splits and restarts, currency scale, label and repartition checks, decisions and alerts.
 
-The features of whole streams against the definitions are in ``tests/test_stages.py``.
+The features of whole streams against the definitions are in ``tests/unit/scoring/test_stages.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 small and in memory).
 
 Streaming side: the two stages in memory over the simulated records (``run_stages`` of
-tests/unit/scoring/test_stages.py, which the broker path equals: benchmarks/exactness.py), then the code
+tests/unit/scoring/test_stages.py, which the broker path equals: benchmarks/exactness.py),
+then the code
 ``fraud train`` and ``fraud evaluate`` run, ``train_from_topics`` and ``evaluate_from_topics``
 (numba-scored model table), with the topic reader swapped for the in-memory decision and label
 records: the protobuf decoding, joins, training, export and scoring are the engine's own.

@@ -57,7 +57,6 @@ __all__ = [
     "IDS",
     "Invalid",
     "TransactionBuilder",
-    "build_transaction",
     "field_of",
     "parse_amount",
     "parse_amount_minor",
@@ -546,15 +545,3 @@ class TransactionBuilder:
             field = field_of(rejected, tx, amount_field, time_field)
             return Invalid(field, rejected.reason, rejected.detail)
         return tx
-
-
-def build_transaction(
-    fields: Mapping[str, object],
-    *,
-    now_ms: int,
-    max_future_ms: int,
-    default_currency: str = "EUR",
-) -> Transaction | Invalid:
-    """One transaction from named fields (see the module doc), checked as the worker does."""
-    builder = TransactionBuilder(max_future_ms=max_future_ms, default_currency=default_currency)
-    return builder.build(fields, now_ms)

@@ -475,7 +475,9 @@ class TransactionBuilder:
             if isinstance(term, Invalid):
                 return term
         currency = get("currency")
-        if type(currency) is not str or currency not in EXPONENTS:
+        if currency is None:
+            currency = self.default_currency
+        elif type(currency) is not str or currency not in EXPONENTS:
             currency = parse_currency(currency, self.default_currency)
             if isinstance(currency, Invalid):
                 return currency
@@ -521,12 +523,9 @@ class TransactionBuilder:
             if isinstance(longitude, Invalid):
                 return longitude
         device = get("device_id")
-        if type(device) is not str:
-            device = parse_device(device)
-            if isinstance(device, Invalid):
-                return device
-        else:
-            device = device.strip()
+        device = "" if device is None else parse_device(device)
+        if isinstance(device, Invalid):
+            return device
         event_ms, time_offset = stamp
         tx = Transaction(
             transaction_id=tid,

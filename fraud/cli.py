@@ -600,7 +600,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.mapping:
         first = open_source(args.file, None, args.currency)
         mapping = parse_mapping(args.mapping, detect_mapping(first.columns))
-    source = open_source(args.file, mapping, args.currency)
+    source = open_source(args.file, mapping, args.currency, max_future_ms=settings.max_future_ms)
     # Catch a file in the wrong format before anything reaches Kafka.
     for _ in itertools.islice(source, 1000):
         pass

@@ -20,6 +20,8 @@ from fraud.v1.transaction_pb2 import Transaction
 
 MAX_UTC_OFFSET_MINUTES = 14 * 60
 MAX_ID_LENGTH = 256
+MAX_LATITUDE = 90.0
+MAX_LONGITUDE = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,11 @@ def validate_transaction(tx: Transaction, now_ms: int, max_future_ms: int) -> Re
         return Rejected("invalid_location", "latitude and longitude must come together")
     if tx.HasField("latitude"):
         lat, lon = tx.latitude, tx.longitude
-        if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+        if (
+            not (math.isfinite(lat) and math.isfinite(lon))
+            or abs(lat) > MAX_LATITUDE
+            or abs(lon) > MAX_LONGITUDE
+        ):
             return Rejected("invalid_location", f"location ({lat}, {lon}) is not a coordinate")
     return None
 

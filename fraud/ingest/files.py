@@ -3,41 +3,28 @@
 A :class:`ColumnMapping` names the file's column for every ``Transaction`` field.
 :func:`open_source` reads the header, checks that the required columns are there and returns a
 :class:`Source`; iterating it streams the file (constant memory) and yields one :class:`Row` per
-record. A bad value stops the iteration with a one-line :class:`SourceError`::
+record. A refused row stops the iteration with a one-line :class:`SourceError`::
 
     data.csv:1234: field 'TX_AMOUNT': bad value 'abc' (amount 'abc' is not a number)
 
 Formats, chosen by suffix: ``.csv``, ``.jsonl``/``.ndjson`` (also ``.gz``-compressed) and
 ``.parquet`` (only when ``pyarrow`` is importable).
 
-Values:
+Values: each transaction field is parsed by ``fraud.ingest.fields``, the parsers the HTTP
+gateway uses, whose module doc lists the accepted forms: ids as text or integers, the amount in
+decimal major units converted exactly to minor units of the row's currency (``default_currency``
+when the column is absent or the cell empty), the event time as ``YYYY-MM-DD HH:MM:SS`` (UTC,
+the handbook's format, with a cached fast path), ISO 8601 with an offset (which becomes
+``utc_offset_minutes`` unless the offset column has a value for the row) or an epoch in seconds
+or milliseconds (:func:`parse_event_time`), or a ``datetime`` from Parquet. An empty cell of an
+optional field means "not given". A row is then checked by
+``fraud.contracts.wire.validate_transaction`` as the worker checks it (at the Source's clock,
+with ``max_future_ms``), so a row the worker would dead-letter (a negative amount, an offset
+beyond 14 hours, an event time before 1970 or too far ahead, a latitude without a longitude, an
+id over 256 characters, ...) is refused here, naming its column.
 
-* **ids** (transaction, customer, terminal): text, kept as is; must not be empty. Integer JSON or
-  Parquet values are written in decimal.
-* **amount**: a decimal number in major units (``"57.16"``), converted exactly to minor units of
-  the row's currency (5716 for EUR) by :func:`fraud.contracts.currency.to_minor`. More decimals
-  than the
-  currency has is an error, never a rounding.
-* **currency**: ISO 4217 code (upper-cased); when the column is absent or the cell empty,
-  ``default_currency``.
-* **event time**, one of
-
-  - ``"YYYY-MM-DD HH:MM:SS"`` (or with ``T``): naive, taken as UTC (the handbook's format; this
-    layout has a cached fast path);
-  - ISO 8601 with fractional seconds and an offset, ``"2018-04-01T00:00:31.5+02:00"``: converted
-    to UTC, and the offset (120) becomes ``utc_offset_minutes`` unless the file has an offset
-    column with a value for that row. Without an offset the time is UTC. Fractions below a
-    millisecond are dropped (truncated towards the past);
-  - an integer epoch (a string of digits, or a JSON/Parquet integer), decided by magnitude:
-    ``|value| < 10**11`` is **seconds** (which covers every date up to the year 5138), anything
-    larger is **milliseconds** (which covers every date from 1973-03-03 on). Decimal epoch
-    seconds (``"1522540831.5"``) are also accepted;
-  - a ``datetime`` / ``date`` (from Parquet): naive means UTC.
-
-* **utc_offset_minutes**: integer minutes, ``|offset| < 1440``; empty means "not given".
-* **latitude / longitude**: decimal degrees within range; empty means unset.
-* **fraud**: ``0``/``1``/``true``/``false`` (case-insensitive) or a JSON boolean; an empty cell
-  or ``null`` means "no label" (``Row.fraud is None``).
+The label column is read here: **fraud** is ``0``/``1``/``true``/``false`` (case-insensitive)
+or a JSON boolean; an empty cell or ``null`` means "no label" (``Row.fraud is None``).
 
 Line numbers are physical lines: the CSV header is line 1 (a quoted field spanning several lines
 is reported at its first line); JSONL lines count from 1; for Parquet the "line" is the 1-based
@@ -50,20 +37,17 @@ import csv
 import gzip
 import importlib
 import json
-import math
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from fraud.contracts.currency import EXPONENTS, CurrencyError, to_minor
-from fraud.contracts.units import DAY_MS as _DAY_MS
-from fraud.contracts.units import INT64_MAX as _INT64_MAX
-from fraud.contracts.units import INT64_MIN as _INT64_MIN
+from fraud.contracts.currency import EXPONENTS
+from fraud.ingest.fields import Invalid, TransactionBuilder, parse_event_time, wall_ms
+from fraud.settings import Settings
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 
@@ -84,7 +68,15 @@ __all__ = [
 
 
 class SourceError(Exception):
-    """An unreadable transaction file or bad value; one-line message, ``path[:line]: ...``."""
+    """An unreadable transaction file or a refused row; one-line message, ``path[:line]: ...``.
+
+    ``field`` names the field to blame for a refused row (``fraud.ingest.fields`` names, or
+    ``"fraud"`` for the label), else None.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 REQUIRED_FIELDS: tuple[str, ...] = (
@@ -224,20 +216,16 @@ def label_for(row: Row, delay_ms: int) -> Label | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Value parsing
+# Row conversion: the transaction's fields go through fraud.ingest.fields, the label is ours
 
 
 class _FieldError(Exception):
-    """A bad value in one field; the reader adds ``path:line:`` in front."""
+    """A refused row at ``line``; the Source adds ``path:line:`` in front."""
 
-    def __init__(self, column: str, value: object, reason: str | None = None) -> None:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            message = f"field {column!r}: missing value"
-        else:
-            message = f"field {column!r}: bad value {_show(value)}"
-            if reason:
-                message += f" ({reason})"
+    def __init__(self, message: str, field: str | None, line: int) -> None:
         super().__init__(message)
+        self.field = field
+        self.line = line
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -245,223 +233,13 @@ def _show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_ORDINAL = _EPOCH.toordinal()
-#: Epoch values with an absolute value below this are seconds, from it on milliseconds.
-EPOCH_MS_THRESHOLD = 100_000_000_000
-_MAX_OFFSET_MINUTES = 1439
-
-_DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)
-_TOD_RE = re.compile(r"(\d{2}):(\d{2}):(\d{2})", re.ASCII)
-_INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
-_DECIMAL_RE = re.compile(r"[+-]?\d+\.\d*", re.ASCII)
-_POW10: tuple[int, ...] = tuple(10**i for i in range(10))
-_CACHE_LIMIT = 100_000
-
-
-def _datetime_ms(value: datetime) -> tuple[int, int | None]:
-    """(UTC epoch ms, offset minutes or None if naive) of a datetime; naive is UTC."""
-    offset = value.utcoffset()
-    delta = (value.replace(tzinfo=UTC) if offset is None else value) - _EPOCH
-    ms = delta.days * _DAY_MS + delta.seconds * 1000 + delta.microseconds // 1000
-    if offset is None:
-        return ms, None
-    return ms, int(offset.total_seconds()) // 60
-
-
-def _epoch_ms(value: int) -> int:
-    ms = value * 1000 if -EPOCH_MS_THRESHOLD < value < EPOCH_MS_THRESHOLD else value
-    if not _INT64_MIN <= ms <= _INT64_MAX:
-        raise ValueError("epoch value out of range")
-    return ms
-
-
-def _decimal_epoch_ms(value: Decimal) -> int:
-    if not value.is_finite():
-        raise ValueError("not a finite number")
-    if -EPOCH_MS_THRESHOLD < value < EPOCH_MS_THRESHOLD:
-        value = value.scaleb(3)
-    ms = int(value.to_integral_value(rounding=ROUND_FLOOR))
-    if not _INT64_MIN <= ms <= _INT64_MAX:
-        raise ValueError("epoch value out of range")
-    return ms
-
-
-class _TimeParser:
-    """Event-time parser with caches for the fixed ``YYYY-MM-DD HH:MM:SS`` layout.
-
-    ``dates`` maps ``"YYYY-MM-DD"`` to the epoch ms of its midnight, ``tods`` maps ``"HH:MM:SS"``
-    to ms since midnight; only valid strings are cached, so a hit in both is a valid time.
-    """
-
-    def __init__(self) -> None:
-        self.dates: dict[str, int] = {}
-        self.tods: dict[str, int] = {}
-
-    def _date(self, text: str) -> int | None:
-        ms = self.dates.get(text)
-        if ms is not None:
-            return ms
-        match = _DATE_RE.fullmatch(text)
-        if match is None:
-            return None
-        try:
-            day = date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
-            return None
-        ms = (day.toordinal() - _EPOCH_ORDINAL) * _DAY_MS
-        if len(self.dates) >= _CACHE_LIMIT:
-            self.dates.clear()
-        self.dates[text] = ms
-        return ms
-
-    def _tod(self, text: str) -> int | None:
-        ms = self.tods.get(text)
-        if ms is not None:
-            return ms
-        match = _TOD_RE.fullmatch(text)
-        if match is None:
-            return None
-        hours, minutes, seconds = int(match[1]), int(match[2]), int(match[3])
-        if hours > 23 or minutes > 59 or seconds > 59:
-            return None
-        ms = ((hours * 60 + minutes) * 60 + seconds) * 1000
-        self.tods[text] = ms  # at most 86,400 valid keys
-        return ms
-
-    def parse(self, value: object) -> tuple[int, int | None]:
-        """(UTC epoch ms, offset minutes from the value or None); raises ValueError."""
-        if isinstance(value, str):
-            text = value.strip()
-            if len(text) == 19 and text[10] in " T":
-                day = self._date(text[:10])
-                tod = self._tod(text[11:])
-                if day is not None and tod is not None:
-                    return day + tod, None
-            if _INT_RE.fullmatch(text):
-                return _epoch_ms(int(text)), None
-            if _DECIMAL_RE.fullmatch(text):
-                return _decimal_epoch_ms(Decimal(text)), None
-            if len(text) > 10 and text[4] == "-" and text[10] not in "Tt ":
-                # fromisoformat() takes any character between date and time
-                raise ValueError("not a date-time")
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                raise ValueError("not a date-time") from None
-            return _datetime_ms(parsed)
-        if isinstance(value, bool):
-            raise ValueError("not a date-time")
-        if isinstance(value, int):
-            return _epoch_ms(value), None
-        if isinstance(value, float):
-            return _decimal_epoch_ms(Decimal(repr(value))), None
-        if isinstance(value, datetime):
-            return _datetime_ms(value)
-        if isinstance(value, date):
-            return (value.toordinal() - _EPOCH_ORDINAL) * _DAY_MS, None
-        raise ValueError("not a date-time")
-
-
-def parse_event_time(value: object) -> tuple[int, int | None]:
-    """Parse one event-time value: (UTC epoch ms, UTC offset minutes if the value has one).
-
-    See the module docstring for the accepted forms. Raises ValueError.
-    """
-    return _TimeParser().parse(value)
-
-
-def _ident(value: object, column: str) -> str:
-    """An id column's value as text (slow path: the fast path is a non-empty str)."""
-    if isinstance(value, str):
-        if value.strip():
-            return value
-    elif isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    elif isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    raise _FieldError(column, value)
-
-
-def _optional_text(value: object, column: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _FieldError(column, value)
-
-
-def _currency(value: object, column: str, default: str) -> str:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        code = value.strip().upper()
-        if not code:
-            return default
-        if code in EXPONENTS:
-            return code
-        raise _FieldError(column, value, f"unknown currency {code!r}")
-    raise _FieldError(column, value, "not a currency code")
-
-
-def _amount(value: object, currency: str, column: str) -> int:
-    if value is None or value == "" or isinstance(value, bool):
-        raise _FieldError(column, value)
-    if not isinstance(value, str | int | float | Decimal):
-        raise _FieldError(column, value, "not a number")
-    try:
-        minor = to_minor(value, currency)
-    except CurrencyError as exc:
-        raise _FieldError(column, value, str(exc)) from None
-    if not _INT64_MIN <= minor <= _INT64_MAX:
-        raise _FieldError(column, value, "out of range")
-    return minor
-
-
-def _offset(value: object, column: str) -> int | None:
-    """Offset minutes, or None for an empty cell."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if _INT_RE.fullmatch(text) is None:
-            raise _FieldError(column, value, "not an integer number of minutes")
-        minutes = int(text)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        minutes = value
-    elif isinstance(value, float) and value.is_integer():
-        minutes = int(value)
-    else:
-        raise _FieldError(column, value, "not an integer number of minutes")
-    if abs(minutes) > _MAX_OFFSET_MINUTES:
-        raise _FieldError(column, value, f"offset must be within +-{_MAX_OFFSET_MINUTES} minutes")
-    return minutes
-
-
-def _coordinate(value: object, column: str, limit: float) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise _FieldError(column, value, "not a number")
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        try:
-            number = float(text)
-        except ValueError:
-            raise _FieldError(column, value, "not a number") from None
-    elif isinstance(value, int | float | Decimal):
-        number = float(value)
-    else:
-        raise _FieldError(column, value, "not a number")
-    if not math.isfinite(number) or abs(number) > limit:
-        raise _FieldError(column, value, f"must be within +-{limit:g} degrees")
-    return number
+def _problem(column: str, value: object, detail: str | None, missing_reason: bool) -> str:
+    """``field 'COLUMN': missing value`` or ``field 'COLUMN': bad value 'X' (detail)``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        message = f"field {column!r}: missing value"
+        return message if missing_reason or not detail else f"{message} ({detail})"
+    message = f"field {column!r}: bad value {_show(value)}"
+    return f"{message} ({detail})" if detail else message
 
 
 _FRAUD_TEXT: dict[str, bool | None] = {
@@ -473,151 +251,66 @@ _FRAUD_TEXT: dict[str, bool | None] = {
 }
 
 
-def _fraud(value: object, column: str) -> bool | None:
+def _fraud(value: object) -> bool | str | None:
+    """The label, or why the value is not one."""
     if value is None:
         return None
     if isinstance(value, str):
         key = value.strip().lower()
         if key in _FRAUD_TEXT:
             return _FRAUD_TEXT[key]
-        raise _FieldError(column, value, "expected 0/1 or true/false")
-    if isinstance(value, bool):
+    elif isinstance(value, bool):
         return value
-    if isinstance(value, int | float) and value in (0, 1):
+    elif isinstance(value, int | float) and value in (0, 1):
         return bool(value)
-    raise _FieldError(column, value, "expected 0/1 or true/false")
+    return "expected 0/1 or true/false"
 
 
-# --------------------------------------------------------------------------------------------
-# Row conversion
+class _Converter:
+    """One record's values (positions given by ``index``, field -> position) as a Row.
 
-_Converter = Callable[[Sequence[Any], int], Row]
-
-
-def _make_converter(
-    mapping: ColumnMapping, index: dict[str, int], default_currency: str
-) -> _Converter:
-    """A function turning one record's values (indexed as in ``index``) into a Row.
-
-    ``index`` maps a field name to its position in the value sequence; optional fields that are
-    not in the file are not in ``index``. Raises _FieldError on a bad value.
+    Optional fields whose column is not in the file are not in ``index``. Raises _FieldError
+    for a refused row: a bad value, or a transaction the worker would dead-letter at
+    ``clock()``.
     """
-    i_tid, i_cid, i_term = index["transaction_id"], index["customer_id"], index["terminal_id"]
-    i_amount, i_time = index["amount"], index["event_time"]
-    i_cur = index.get("currency", -1)
-    i_off = index.get("utc_offset_minutes", -1)
-    i_lat, i_lon = index.get("latitude", -1), index.get("longitude", -1)
-    i_dev, i_fraud = index.get("device_id", -1), index.get("fraud", -1)
-    c_tid, c_cid, c_term = mapping.transaction_id, mapping.customer_id, mapping.terminal_id
-    c_amount, c_time = mapping.amount, mapping.event_time
-    c_cur = mapping.currency or ""
-    c_off = mapping.utc_offset_minutes or ""
-    c_lat, c_lon = mapping.latitude or "", mapping.longitude or ""
-    c_dev, c_fraud = mapping.device_id or "", mapping.fraud or ""
 
-    times = _TimeParser()
-    dates, tods, parse_time = times.dates, times.tods, times.parse
-    exponents, pow10, fraud_text = EXPONENTS, _POW10, _FRAUD_TEXT
-    int64_max = _INT64_MAX
+    def __init__(
+        self,
+        mapping: ColumnMapping,
+        index: dict[str, int],
+        builder: TransactionBuilder,
+        clock: Callable[[], int],
+    ) -> None:
+        self.positions = tuple((name, i) for name, i in index.items() if name != "fraud")
+        self.fraud_position = index.get("fraud", -1)
+        self.columns: dict[str, str] = {
+            name: column for name in _FIELD_NAMES if (column := getattr(mapping, name))
+        }
+        self.builder = builder
+        self.clock = clock
 
-    def convert(values: Sequence[Any], line: int) -> Row:
-        tid = values[i_tid]
-        if type(tid) is not str or not tid:
-            tid = _ident(tid, c_tid)
-        cid = values[i_cid]
-        if type(cid) is not str or not cid:
-            cid = _ident(cid, c_cid)
-        term = values[i_term]
-        if type(term) is not str or not term:
-            term = _ident(term, c_term)
-
-        if i_cur < 0:
-            currency = default_currency
-        else:
-            currency = values[i_cur]
-            if type(currency) is not str or currency not in exponents:
-                currency = _currency(currency, c_cur, default_currency)
-
-        raw = values[i_amount]
-        exp = exponents[currency]
-        if type(raw) is str:
-            # Fast path for plain "123.45"; anything else goes through to_minor.
-            whole, _, frac = raw.partition(".")
-            if (
-                len(frac) <= exp
-                and whole.isdigit()
-                and whole.isascii()
-                and (not frac or (frac.isdigit() and frac.isascii()))
-                and len(whole) < 16
-            ):
-                amount = int(whole) * pow10[exp]
-                if frac:
-                    amount += int(frac) * pow10[exp - len(frac)]
-            else:
-                amount = _amount(raw, currency, c_amount)
-        else:
-            amount = _amount(raw, currency, c_amount)
-
-        stamp = values[i_time]
-        time_offset: int | None = None
-        if (
-            type(stamp) is str
-            and len(stamp) == 19
-            and (day := dates.get(stamp[:10])) is not None
-            and (tod := tods.get(stamp[11:])) is not None
-            and stamp[10] in " T"
-        ):
-            event_ms = day + tod
-        else:
-            if stamp is None or stamp == "":
-                raise _FieldError(c_time, stamp)
-            try:
-                event_ms, time_offset = parse_time(stamp)
-            except ValueError as exc:
-                raise _FieldError(c_time, stamp, str(exc)) from None
-            if not -int64_max <= event_ms <= int64_max:
-                raise _FieldError(c_time, stamp, "out of range")
-
-        offset = _offset(values[i_off], c_off) if i_off >= 0 else None
-        if offset is None:
-            offset = time_offset or 0
-
-        latitude = _coordinate(values[i_lat], c_lat, 90.0) if i_lat >= 0 else None
-        longitude = _coordinate(values[i_lon], c_lon, 180.0) if i_lon >= 0 else None
-
-        if i_dev >= 0:
-            device = values[i_dev]
-            if type(device) is not str:
-                device = _optional_text(device, c_dev)
-        else:
-            device = ""
-
+    def row(self, values: Sequence[Any], line: int) -> Row:
+        named = {name: values[i] for name, i in self.positions}
+        tx = self.builder.build(named, self.clock())
+        if isinstance(tx, Invalid):
+            if tx.field is None:
+                raise _FieldError(tx.detail, None, line)
+            column = self.columns.get(tx.field, tx.field)
+            missing_reason = tx.reason.startswith("missing_")
+            message = _problem(column, named.get(tx.field), tx.detail, missing_reason)
+            raise _FieldError(message, tx.field, line)
         fraud: bool | None = None
-        if i_fraud >= 0:
-            label = values[i_fraud]
-            if type(label) is str and label in fraud_text:
-                fraud = fraud_text[label]
+        if self.fraud_position >= 0:
+            label = values[self.fraud_position]
+            if type(label) is str and label in _FRAUD_TEXT:
+                fraud = _FRAUD_TEXT[label]
             else:
-                fraud = _fraud(label, c_fraud)
-
-        return Row(
-            line,
-            Transaction(
-                transaction_id=tid,
-                customer_id=cid,
-                terminal_id=term,
-                amount_minor=amount,
-                currency=currency,
-                event_time_ms=event_ms,
-                utc_offset_minutes=offset,
-                latitude=latitude,
-                longitude=longitude,
-                device_id=device,
-            ),
-            fraud,
-        )
-
-    return convert
+                parsed = _fraud(label)
+                if isinstance(parsed, str):
+                    message = _problem(self.columns["fraud"], label, parsed, False)
+                    raise _FieldError(message, "fraud", line)
+                fraud = parsed
+        return Row(line, tx, fraud)
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,6 +326,7 @@ _SUFFIXES: dict[str, tuple[str, bool]] = {
     ".parquet": ("parquet", False),
 }
 _PARQUET_BATCH_ROWS = 65_536
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _detect_format(path: Path) -> tuple[str, bool]:
@@ -694,6 +388,9 @@ class Source:
         columns: tuple[str, ...],
         mapping: ColumnMapping,
         default_currency: str,
+        *,
+        clock: Callable[[], int] = wall_ms,
+        max_future_ms: int = Settings.max_future_ms,
     ) -> None:
         self.path = path
         self.format = format
@@ -701,6 +398,8 @@ class Source:
         self.columns = columns
         self.mapping = mapping
         self.default_currency = default_currency
+        self.clock = clock
+        self.max_future_ms = max_future_ms
         self._check_columns()
         present = set(columns)
         #: Optional fields that are mapped but whose column is not in the file.
@@ -736,12 +435,28 @@ class Source:
                 f"{self.path}: column(s) {_columns_list(duplicated)} appear more than once"
             )
 
+    def _converter(self, index: dict[str, int]) -> _Converter:
+        builder = TransactionBuilder(
+            max_future_ms=self.max_future_ms, default_currency=self.default_currency
+        )
+        return _Converter(self.mapping, index, builder, self.clock)
+
     def __iter__(self) -> Iterator[Row]:
         if self.format == "csv":
-            return self._iter_csv()
-        if self.format == "jsonl":
-            return self._iter_jsonl()
-        return self._iter_parquet()
+            rows = self._iter_csv()
+        elif self.format == "jsonl":
+            rows = self._iter_jsonl()
+        else:
+            rows = self._iter_parquet()
+        try:
+            yield from rows
+        except _FieldError as exc:
+            raise SourceError(f"{self.path}:{exc.line}: {exc}", exc.field) from None
+
+    def _by_name(self) -> tuple[list[str], Callable[[Sequence[Any], int], Row]]:
+        """The columns to read, in field order, and the converter of their values."""
+        names = list(self.fields.values())
+        return names, self._converter({name: i for i, name in enumerate(self.fields)}).row
 
     # -- CSV --------------------------------------------------------------------------------
 
@@ -749,7 +464,7 @@ class Source:
         path = self.path
         position = {column: i for i, column in enumerate(self.columns)}
         index = {name: position[column] for name, column in self.fields.items()}
-        convert = _make_converter(self.mapping, index, self.default_currency)
+        convert = self._converter(index).row
         width = len(self.columns)
         end = 0  # last physical line of the previous record
         line = 0
@@ -770,8 +485,6 @@ class Source:
                             f"{path}:{line}: expected {width} fields, got {len(record)}"
                         )
                     yield convert(record, line)
-        except _FieldError as exc:
-            raise SourceError(f"{path}:{line}: {exc}") from None
         except _READ_ERRORS as exc:
             raise _read_error(path, end + 1, exc) from None
 
@@ -779,9 +492,7 @@ class Source:
 
     def _iter_jsonl(self) -> Iterator[Row]:
         path = self.path
-        names = list(self.fields.values())
-        index = {name: i for i, name in enumerate(self.fields)}
-        convert = _make_converter(self.mapping, index, self.default_currency)
+        names, convert = self._by_name()
         loads = json.loads
         line = 0
         try:
@@ -791,8 +502,6 @@ class Source:
                         continue
                     obj = _json_object(path, line, text, loads)
                     yield convert([obj.get(name) for name in names], line)
-        except _FieldError as exc:
-            raise SourceError(f"{path}:{line}: {exc}") from None
         except _READ_ERRORS as exc:
             raise _read_error(path, line + 1, exc) from None
 
@@ -801,9 +510,7 @@ class Source:
     def _iter_parquet(self) -> Iterator[Row]:
         path = self.path
         pq = _import_parquet(path)
-        names = list(self.fields.values())
-        index = {name: i for i, name in enumerate(self.fields)}
-        convert = _make_converter(self.mapping, index, self.default_currency)
+        names, convert = self._by_name()
         line = 0
         try:
             parquet = pq.ParquetFile(path)
@@ -812,8 +519,6 @@ class Source:
                 for values in zip(*columns, strict=True):
                     line += 1
                     yield convert(values, line)
-        except _FieldError as exc:
-            raise SourceError(f"{path}:{line}: {exc}") from None
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise _read_error(path, line + 1, exc) from None
 
@@ -907,13 +612,19 @@ def _read_header(path: Path, fmt: str, compressed: bool) -> tuple[str, ...]:
 
 
 def open_source(
-    path: Path, mapping: ColumnMapping | None = None, default_currency: str = "EUR"
+    path: Path,
+    mapping: ColumnMapping | None = None,
+    default_currency: str = "EUR",
+    *,
+    clock: Callable[[], int] = wall_ms,
+    max_future_ms: int = Settings.max_future_ms,
 ) -> Source:
     """Open a transaction file: detect its format, read its header and check the mapping.
 
     Without ``mapping`` the mapping is :func:`detect_mapping` of the file's columns. Raises
     SourceError for an unknown suffix, an empty or unreadable file, or missing required columns;
-    bad values are only found while iterating the returned Source.
+    bad values are only found while iterating the returned Source, where each row is also
+    checked as the worker checks it at ``clock()`` (epoch ms), with ``max_future_ms``.
     """
     path = Path(path)
     if default_currency not in EXPONENTS:
@@ -922,4 +633,13 @@ def open_source(
     columns = _read_header(path, fmt, compressed)
     if mapping is None:
         mapping = detect_mapping(columns)
-    return Source(path, fmt, compressed, columns, mapping, default_currency)
+    return Source(
+        path,
+        fmt,
+        compressed,
+        columns,
+        mapping,
+        default_currency,
+        clock=clock,
+        max_future_ms=max_future_ms,
+    )

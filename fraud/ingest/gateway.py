@@ -40,17 +40,16 @@ protobuf field names for amount and time::
     }
 
 Unknown fields are refused (a typo in an optional field would otherwise vanish silently). The
-protobuf JSON of a Transaction (``fraud.contracts.wire.to_json``) is accepted as is. Each document
-is
-then checked by ``fraud.contracts.wire.validate_transaction``, the worker's own rules, so what the
-gateway accepts the worker does not dead-letter.
+protobuf JSON of a Transaction (``fraud.contracts.wire.to_json``) is accepted as is. Every field
+is parsed by ``fraud.ingest.fields``, the parsers ``fraud replay`` uses for file rows, and each
+document is then checked by ``fraud.contracts.wire.validate_transaction``, the worker's own
+rules, so what the gateway accepts the worker does not dead-letter, and a document is refused
+exactly when the same values in a replay file would be.
 
 Layout: the request parsing (:func:`parse_body`, :func:`parse_document`) is pure and takes the
-time as an argument; :class:`KafkaWriter` moves bytes to Kafka; :func:`start_gateway` wires both
-into an aiohttp server. The field parsers are our own rather than ``fraud.ingest.files``' private
-helpers because an HTTP client needs the field name and reason as data, not a message; the
-shared semantics come from the same public functions (``fraud.contracts.currency.to_minor``,
-``fraud.ingest.files.parse_event_time``) and ``validate_transaction``.
+time as an argument; it turns the field parsers' errors into the 400 body (:class:`Invalid`).
+:class:`KafkaWriter` moves bytes to Kafka; :func:`start_gateway` wires both into an aiohttp
+server.
 """
 
 from __future__ import annotations
@@ -60,11 +59,8 @@ import contextlib
 import functools
 import json
 import logging
-import math
-import re
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +68,10 @@ from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from fraud.broker import ensure_topics
-from fraud.contracts.currency import EXPONENTS, CurrencyError, to_minor
-from fraud.contracts.units import INT64_MAX as _INT64_MAX
-from fraud.contracts.units import INT64_MIN as _INT64_MIN
-from fraud.contracts.wire import MAX_UTC_OFFSET_MINUTES, Rejected, validate_transaction
-from fraud.ingest.files import parse_event_time
+from fraud.contracts.currency import EXPONENTS
+from fraud.ingest.fields import Invalid as FieldInvalid
+from fraud.ingest.fields import TransactionBuilder, wall_ms
+from fraud.ingest.options import require_positive
 from fraud.kafka_config import make_producer
 from fraud.serve import run_until_signalled
 from fraud.settings import Settings
@@ -118,8 +113,6 @@ FIELDS: frozenset[str] = frozenset(
         "device_id",
     }
 )
-_IDS = ("transaction_id", "customer_id", "terminal_id")
-_INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,19 +140,6 @@ class Invalid:
         return body
 
 
-class _Bad(Exception):
-    """A bad field value inside :func:`parse_document`; becomes an :class:`Invalid`."""
-
-    def __init__(self, reason: str, field: str, detail: str) -> None:
-        super().__init__(detail)
-        self.invalid = Invalid(reason, f"field {field!r}: {detail}", field)
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _kind(value: object) -> str:
     """The JSON type name of a decoded value."""
     if value is None:
@@ -175,152 +155,7 @@ def _kind(value: object) -> str:
     return "object"
 
 
-def _wrong_type(field: str, value: object, expected: str) -> _Bad:
-    return _Bad("wrong_type", field, f"expected {expected}, got {_kind(value)} {_show(value)}")
-
-
-def _ident(doc: Mapping[str, Any], field: str) -> str:
-    value = doc.get(field)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise _Bad(f"missing_{field}", field, "missing or empty")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _wrong_type(field, value, "a string")
-
-
-def _integer(field: str, value: object) -> int:
-    """A JSON integer or a string of decimal digits (the protobuf JSON form of int64)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        number = int(value.strip())
-    else:
-        raise _wrong_type(field, value, "an integer")
-    if not _INT64_MIN <= number <= _INT64_MAX:
-        raise _Bad(f"invalid_{field}", field, f"{number} is out of range")
-    return number
-
-
-def _currency(doc: Mapping[str, Any], default: str) -> str:
-    value = doc.get("currency")
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise _wrong_type("currency", value, "an ISO 4217 code (string)")
-    code = value.strip().upper()
-    if not code:
-        return default
-    if code not in EXPONENTS:
-        raise _Bad("unknown_currency", "currency", f"{_show(value)} is not an ISO 4217 code")
-    return code
-
-
-def _amount(doc: Mapping[str, Any], currency: str) -> tuple[str, int]:
-    """(field used, amount in minor units)."""
-    has_major, has_minor = doc.get("amount") is not None, doc.get("amount_minor") is not None
-    if has_major and has_minor:
-        raise _Bad("conflicting_fields", "amount", "give amount or amount_minor, not both")
-    if has_minor:
-        minor = _integer("amount_minor", doc["amount_minor"])
-        field = "amount_minor"
-    elif has_major:
-        value = doc["amount"]
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise _wrong_type("amount", value, "a decimal number or string")
-        try:
-            minor = to_minor(value, currency)
-        except CurrencyError as exc:
-            raise _Bad("invalid_amount", "amount", str(exc)) from None
-        if not _INT64_MIN <= minor <= _INT64_MAX:
-            raise _Bad("invalid_amount", "amount", f"{_show(value)} is out of range")
-        field = "amount"
-    else:
-        raise _Bad("missing_amount", "amount", "missing (give amount or amount_minor)")
-    if minor < 0:
-        raise _Bad("invalid_amount", field, f"{_show(doc[field])} is negative")
-    return field, minor
-
-
-def _event_time(doc: Mapping[str, Any]) -> tuple[str, int, int | None]:
-    """(field used, epoch ms, UTC offset minutes carried by an ISO time or None)."""
-    has_time, has_ms = doc.get("event_time") is not None, doc.get("event_time_ms") is not None
-    if has_time and has_ms:
-        raise _Bad("conflicting_fields", "event_time", "give event_time or event_time_ms, not both")
-    if has_ms:
-        return "event_time_ms", _integer("event_time_ms", doc["event_time_ms"]), None
-    if not has_time:
-        raise _Bad("missing_event_time", "event_time", "missing (give event_time or event_time_ms)")
-    value = doc["event_time"]
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _wrong_type("event_time", value, "an ISO 8601 string or an epoch number")
-    try:
-        ms, offset = parse_event_time(value)
-    except ValueError as exc:
-        raise _Bad("invalid_event_time", "event_time", f"{_show(value)}: {exc}") from None
-    return "event_time", ms, offset
-
-
-def _offset(doc: Mapping[str, Any]) -> int | None:
-    value = doc.get("utc_offset_minutes")
-    if value is None:
-        return None
-    minutes = _integer("utc_offset_minutes", value)
-    if abs(minutes) > MAX_UTC_OFFSET_MINUTES:
-        raise _Bad(
-            "invalid_utc_offset",
-            "utc_offset_minutes",
-            f"{minutes} is not within +-{MAX_UTC_OFFSET_MINUTES} minutes",
-        )
-    return minutes
-
-
-def _coordinate(doc: Mapping[str, Any], field: str) -> float | None:
-    value = doc.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _wrong_type(field, value, "a number of degrees")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        raise _wrong_type(field, value, "a number of degrees") from None
-    limit = 90.0 if field == "latitude" else 180.0
-    if not math.isfinite(number) or abs(number) > limit:
-        raise _Bad("invalid_location", field, f"{_show(value)} is not within +-{limit:g} degrees")
-    return number
-
-
-def _device(doc: Mapping[str, Any]) -> str:
-    value = doc.get("device_id")
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _wrong_type("device_id", value, "a string")
-
-
-def _field_of(rejected: Rejected, amount_field: str, time_field: str) -> str | None:
-    """The document field behind a ``validate_transaction`` reason."""
-    for name in _IDS:
-        if rejected.reason.endswith(name):
-            return name
-    return {
-        "invalid_amount": amount_field,
-        "unknown_currency": "currency",
-        "invalid_event_time": time_field,
-        "invalid_utc_offset": "utc_offset_minutes",
-        "invalid_location": "latitude",
-    }.get(rejected.reason)
-
-
-def parse_document(
-    doc: object, *, now_ms: int, max_future_ms: int, default_currency: str = "EUR"
-) -> Transaction | Invalid:
-    """One decoded JSON document as a valid Transaction, or why it is refused (see module doc)."""
+def _document(doc: object, builder: TransactionBuilder, now_ms: int) -> Transaction | Invalid:
     if not isinstance(doc, dict):
         return Invalid("not_an_object", f"expected a JSON object, got {_kind(doc)}")
     unknown = sorted(str(key) for key in doc if key not in FIELDS)
@@ -330,40 +165,19 @@ def parse_document(
             f"unknown field {unknown[0]!r}; fields: {', '.join(sorted(FIELDS))}",
             unknown[0],
         )
-    try:
-        ids = [_ident(doc, name) for name in _IDS]
-        currency = _currency(doc, default_currency)
-        amount_field, amount_minor = _amount(doc, currency)
-        time_field, event_ms, time_offset = _event_time(doc)
-        offset = _offset(doc)
-        latitude = _coordinate(doc, "latitude")
-        longitude = _coordinate(doc, "longitude")
-        if (latitude is None) != (longitude is None):
-            missing = "longitude" if longitude is None else "latitude"
-            raise _Bad("invalid_location", missing, "latitude and longitude must come together")
-        device = _device(doc)
-    except _Bad as bad:
-        return bad.invalid
-    if offset is None:
-        offset = time_offset or 0
-    tx = Transaction(
-        transaction_id=ids[0],
-        customer_id=ids[1],
-        terminal_id=ids[2],
-        amount_minor=amount_minor,
-        currency=currency,
-        event_time_ms=event_ms,
-        utc_offset_minutes=offset,
-        latitude=latitude,
-        longitude=longitude,
-        device_id=device,
-    )
-    rejected = validate_transaction(tx, now_ms, max_future_ms)
-    if rejected is not None:
-        field = _field_of(rejected, amount_field, time_field)
-        detail = f"field {field!r}: {rejected.detail}" if field else rejected.detail
-        return Invalid(rejected.reason, detail, field)
+    tx = builder.build(doc, now_ms)
+    if isinstance(tx, FieldInvalid):
+        detail = f"field {tx.field!r}: {tx.detail}" if tx.field else tx.detail
+        return Invalid(tx.reason, detail, tx.field)
     return tx
+
+
+def parse_document(
+    doc: object, *, now_ms: int, max_future_ms: int, default_currency: str = "EUR"
+) -> Transaction | Invalid:
+    """One decoded JSON document as a valid Transaction, or why it is refused (see module doc)."""
+    builder = TransactionBuilder(max_future_ms=max_future_ms, default_currency=default_currency)
+    return _document(doc, builder, now_ms)
 
 
 def parse_body(
@@ -382,21 +196,18 @@ def parse_body(
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         return Invalid("invalid_json", f"body is not JSON: {message}")
+    builder = TransactionBuilder(max_future_ms=max_future_ms, default_currency=default_currency)
     if isinstance(decoded, list):
         if not decoded:
             return Invalid("empty_batch", "the JSON array has no transactions")
         txs: list[Transaction] = []
         for i, doc in enumerate(decoded):
-            tx = parse_document(
-                doc, now_ms=now_ms, max_future_ms=max_future_ms, default_currency=default_currency
-            )
+            tx = _document(doc, builder, now_ms)
             if isinstance(tx, Invalid):
                 return tx.at(i)
             txs.append(tx)
         return txs
-    tx = parse_document(
-        decoded, now_ms=now_ms, max_future_ms=max_future_ms, default_currency=default_currency
-    )
+    tx = _document(decoded, builder, now_ms)
     if isinstance(tx, Invalid):
         return tx
     return [tx]
@@ -548,13 +359,7 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.default_currency not in EXPONENTS:
             raise ValueError(f"unknown default currency {self.default_currency!r}")
-        for name in ("max_body_bytes", "delivery_timeout_s", "max_queue"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+        require_positive(self, "max_body_bytes", "delivery_timeout_s", "max_queue")
 
 
 @dataclass(frozen=True)

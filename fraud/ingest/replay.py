@@ -30,6 +30,7 @@ from fraud.contracts.partitioning import (
     partition_for,
 )
 from fraud.ingest.files import ColumnMapping, Source, label_for, open_source
+from fraud.ingest.options import require_positive
 from fraud.kafka_config import make_producer, produce
 from fraud.settings import Settings
 from fraud.v1.label_pb2 import Label
@@ -50,10 +51,7 @@ class Pacing:
     def __post_init__(self) -> None:
         if self.speed is not None and self.rate is not None:
             raise ValueError("give either a speed factor or a rate, not both")
-        for name in ("speed", "rate"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+        require_positive(self, "speed", "rate")
 
 
 @dataclass(frozen=True)
@@ -176,11 +174,15 @@ def replay(
     changes no feature (terminal risk counts frauds among the transactions of the window), as
     a chargeback feed only reports frauds.
     ``progress`` receives the number of transactions sent since its previous call.
-    Raises SourceError on a bad row (after producing the rows before it) and ReplayError when
-    Kafka does not acknowledge every record.
+    Raises SourceError on a bad row (after producing the rows before it), which includes a row
+    the worker would dead-letter (the Source checks each row with ``validate_transaction``; a
+    ``source`` given here should be opened with ``settings.max_future_ms``), and ReplayError
+    when Kafka does not acknowledge every record.
     """
     names = settings.topic_names
-    src = source or open_source(path, mapping, default_currency)
+    src = source or open_source(
+        path, mapping, default_currency, max_future_ms=settings.max_future_ms
+    )
     if batch < 1 or batch > MAX_BATCH:
         raise ValueError(f"batch must be between 1 and {MAX_BATCH}, got {batch}")
     sender = _Sender(producer(settings.brokers))

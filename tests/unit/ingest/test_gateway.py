@@ -195,7 +195,7 @@ def test_a_bad_item_refuses_the_whole_batch_and_names_it() -> None:
     assert isinstance(got, Invalid)
     assert got.to_json() == {
         "error": "invalid_amount",
-        "detail": "item 3: field 'amount': \"-2\" is negative",
+        "detail": "item 3: field 'amount': amount '-2' is negative",
         "field": "amount",
         "item": 3,
     }

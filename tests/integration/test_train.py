@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from fraud.broker import ensure_topics
+from fraud.contracts.units import ALL_FEATURES
 from fraud.contracts.units import DAY_MS as MS_PER_DAY
 from fraud.ingest.replay import producer
 from fraud.model.scoring import score
 from fraud.model.table import load_model_table
-from fraud.scoring.features import ALL_FEATURES
 from fraud.settings import Settings
 from fraud.tools.decision_log import read_decisions, read_labels
 from fraud.tools.evaluate import evaluate

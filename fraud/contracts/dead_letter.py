@@ -8,8 +8,10 @@ or count without decoding the body.
 
 A dead letter stays well below a topic's maximum message size: ``reason`` and ``detail`` are cut
 to ``MAX_REASON_BYTES`` and ``MAX_DETAIL_BYTES`` (UTF-8) with a marker saying how long they were.
-The payload is kept whole, because re-driving needs it exactly; it was accepted by a topic with
-the same limit. Nothing here touches Kafka.
+The payload is kept whole, because re-driving needs it exactly, unless the dead letter would
+then pass ``MAX_PAYLOAD_BYTES`` (below librdkafka's default ``message.max.bytes`` of 1,000,000
+with room for the rest): it is then left out, ``payload_type`` says so and the source
+coordinates point to the original. Nothing here touches Kafka.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from fraud.v1.dead_letter_pb2 import DeadLetter
 
 __all__ = [
     "MAX_DETAIL_BYTES",
+    "MAX_PAYLOAD_BYTES",
     "MAX_REASON_BYTES",
+    "OMITTED_PAYLOAD",
     "DeadLetter",
     "DeadLetterRecord",
     "bounded",
@@ -35,6 +39,8 @@ __all__ = [
 
 MAX_DETAIL_BYTES = 4096
 MAX_REASON_BYTES = 128
+MAX_PAYLOAD_BYTES = 900_000
+OMITTED_PAYLOAD = "omitted:too_large"
 
 
 class DeadLetterRecord(NamedTuple):
@@ -48,12 +54,14 @@ class DeadLetterRecord(NamedTuple):
 def bounded(text: str, limit: int) -> str:
     """``text`` when its UTF-8 form fits in ``limit`` bytes; else its start and a marker, together
     at most ``limit`` bytes, cut on a character boundary."""
-    encoded = text.encode("utf-8")
+    # "replace": a lone surrogate (JSON "\ud800") must not make the dead letter fail
+    encoded = text.encode("utf-8", "replace")
     if len(encoded) <= limit:
-        return text
-    marker = f" ... [truncated: {len(encoded)} bytes]"
-    room = max(0, limit - len(marker.encode("utf-8")))
-    return encoded[:room].decode("utf-8", "ignore") + marker
+        return encoded.decode("utf-8")
+    marker = f" ... [truncated: {len(encoded)} bytes]".encode()
+    if len(marker) >= limit:
+        return marker[:limit].decode("utf-8", "ignore")
+    return encoded[: limit - len(marker)].decode("utf-8", "ignore") + marker.decode()
 
 
 def dead_letter(
@@ -70,14 +78,19 @@ def dead_letter(
     """The dead letter of the record at ``topic[partition]@offset``, refused for ``rejected``.
 
     ``payload`` is the record's value unchanged, unless ``payload_type`` names what it is
-    instead (for example the webhook sink's retry envelope).
+    instead (for example the webhook sink's retry envelope). A payload over
+    ``MAX_PAYLOAD_BYTES`` is left out (``payload_type`` ``OMITTED_PAYLOAD``).
     """
+    detail = rejected.detail
+    if payload is not None and len(payload) > MAX_PAYLOAD_BYTES:
+        detail = f"payload of {len(payload)} bytes left out (read it at the source); {detail}"
+        payload, payload_type = None, OMITTED_PAYLOAD
     return DeadLetter(
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
         reason=bounded(rejected.reason, MAX_REASON_BYTES),
-        detail=bounded(rejected.detail, MAX_DETAIL_BYTES),
+        detail=bounded(detail, MAX_DETAIL_BYTES),
         key=key or b"",
         payload=payload or b"",
         failed_at_ms=now_ms,

@@ -102,6 +102,8 @@ def _missing_field(field: str) -> Invalid:
 
 
 _INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
+# Longer digit strings are out of int64 range anyway; int() of over 4,300 digits raises.
+_MAX_DIGITS = 20
 _POW10: tuple[int, ...] = tuple(10**i for i in range(10))
 
 
@@ -110,8 +112,16 @@ def _integer(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _INT_RE.fullmatch(text := value.strip()):
-        return int(text)
+        return _digits(text)
     return None
+
+
+def _digits(text: str) -> int:
+    """``int(text)`` of a string of decimal digits; one past int64 when it is longer than any
+    int64 (so range checks refuse it) instead of the int() digit limit's ValueError."""
+    if len(text.lstrip("+-").lstrip("0")) > _MAX_DIGITS:
+        return INT64_MIN - 1 if text.startswith("-") else INT64_MAX + 1
+    return int(text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +294,7 @@ class EventTimes:
                 if day is not None and tod is not None:
                     return day + tod, None
             if _INT_RE.fullmatch(text):
-                return _epoch_ms(int(text)), None
+                return _epoch_ms(_digits(text)), None
             if _DECIMAL_RE.fullmatch(text):
                 return _decimal_epoch_ms(Decimal(text)), None
             if len(text) > 10 and text[4] == "-" and text[10] not in "Tt ":

@@ -48,7 +48,7 @@ from fraud.worker.checkpoint import (
 from fraud.worker.partitions import ConsumerView, Positions, RepartitionHop, by_terminal_topic
 from fraud.worker.watermarks import LabelWatermarks
 
-log = logging.getLogger("fraud.worker.run")
+log = logging.getLogger("fraud.worker")
 
 
 class HeldMessage(Protocol):

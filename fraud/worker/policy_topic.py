@@ -74,7 +74,7 @@ __all__ = [
     "publish_rules",
 ]
 
-log = logging.getLogger("fraud.worker.policy_topic")
+log = logging.getLogger("fraud.policy_topic")
 
 RULES_KEY = b"rules"
 MODEL_KEY = b"model"

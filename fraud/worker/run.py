@@ -19,7 +19,7 @@ from fraud.settings import Settings
 from fraud.worker.app import create_app, internal_topics
 from fraud.worker.policy_topic import PolicyWatcher, policy_topic_spec
 
-log = logging.getLogger("fraud.worker.run")
+log = logging.getLogger("fraud.worker")
 
 
 class _Worker(faust.worker.Worker):

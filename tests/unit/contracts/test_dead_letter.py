@@ -8,7 +8,9 @@ import pytest
 
 from fraud.contracts.dead_letter import (
     MAX_DETAIL_BYTES,
+    MAX_PAYLOAD_BYTES,
     MAX_REASON_BYTES,
+    OMITTED_PAYLOAD,
     bounded,
     dead_letter,
     dead_letter_headers,
@@ -122,3 +124,21 @@ def test_bounded_leaves_short_text_alone_and_cuts_on_a_character_boundary() -> N
 def test_decode_refuses_what_is_not_a_dead_letter(raw: bytes | None) -> None:
     with pytest.raises(ValueError, match=r"dead letter|DeadLetter"):
         decode_dead_letter(raw)
+
+
+def test_bounded_takes_a_lone_surrogate_and_a_bound_below_the_marker() -> None:
+    assert bounded("bad \ud800 id", 100) == "bad ? id"
+    assert len(bounded("\ud800" * 50_000, 4096).encode()) <= 4096
+    assert len(bounded("x" * 100, 10).encode()) <= 10
+
+
+def test_an_oversized_payload_is_left_out_and_said_so() -> None:
+    big = b"p" * (MAX_PAYLOAD_BYTES + 1)
+    letter = letter_of(Rejected("decode_error", "not a Transaction"), payload=big, offset=7)
+    assert letter.payload == b""
+    assert letter.payload_type == OMITTED_PAYLOAD
+    assert f"{len(big)} bytes left out" in letter.detail
+    assert (letter.source_topic, letter.source_offset) == ("t", 7)
+    assert len(letter.SerializeToString()) < 2 * MAX_DETAIL_BYTES
+    kept = letter_of(Rejected("decode_error", ""), payload=big[:MAX_PAYLOAD_BYTES])
+    assert kept.payload == big[:MAX_PAYLOAD_BYTES] and kept.payload_type == ""

@@ -170,6 +170,9 @@ BAD = [
     Case("missing time", {"event_time": ABSENT}, refused="event_time"),
     Case("offset not an integer", {"utc_offset_minutes": "1.5"}, refused="utc_offset_minutes"),
     Case("latitude not a number", {"latitude": "north"}, refused="latitude"),
+    # past Python's int() digit limit (4,300): a refusal like any out-of-range value
+    Case("a 5,000-digit offset", {"utc_offset_minutes": "9" * 5000}, refused="utc_offset_minutes"),
+    Case("a 5,000-digit epoch time", {"event_time": "9" * 5000}, refused="event_time"),
 ]  # fmt: skip
 
 

@@ -1,9 +1,9 @@
-"""``fraud gateway``: JSON in over HTTP, ``fraud.v1.Transaction`` out on the transactions topic.
+"""``fraud gateway`` through the session broker: HTTP in, ``fraud.v1.Transaction`` read back.
 
-The parsing is tested as pure functions; the HTTP and Kafka tests run the gateway in-process on a
-free port against the session broker and read the topic back with a confluent consumer. "Nothing
-was produced" is checked after the gateway stopped (which flushes its producer), by reading every
-partition up to its high watermark: whatever a buggy gateway had produced would be there.
+The gateway runs in-process on a free port (or as ``fraud gateway`` for the signal test), and a
+confluent consumer reads the topic back. "Nothing was produced" is checked after the gateway
+stopped (which flushes its producer), by reading every partition up to its high watermark.
+The parsing itself is tested as pure functions in ``tests/unit/ingest/test_gateway.py``.
 """
 
 from __future__ import annotations
@@ -38,36 +38,7 @@ from fraud.settings import Settings
 from fraud.tools.gateway_load import random_batch
 from fraud.tools.tail import open_consumer
 from fraud.v1.transaction_pb2 import Transaction
-
-NOW_MS = 1_764_000_000_000  # 2025-11-24T16:00:00Z
-
-VALID: dict[str, Any] = {
-    "transaction_id": "tx-1",
-    "customer_id": "cust-42",
-    "terminal_id": "term-7",
-    "amount": "57.16",
-    "currency": "EUR",
-    "event_time": "2025-11-24T17:00:00.250+02:00",
-    "latitude": 48.85,
-    "longitude": 2.35,
-    "device_id": "dev-9",
-}
-EXPECTED = Transaction(
-    transaction_id="tx-1",
-    customer_id="cust-42",
-    terminal_id="term-7",
-    amount_minor=5716,
-    currency="EUR",
-    event_time_ms=NOW_MS - 3_600_000 + 250,
-    utc_offset_minutes=120,
-    latitude=48.85,
-    longitude=2.35,
-    device_id="dev-9",
-)
-
-
-def body_of(value: object) -> bytes:
-    return json.dumps(value).encode()
+from tests.unit.ingest.test_gateway import EXPECTED, VALID, body_of
 
 
 def with_(**changes: Any) -> dict[str, Any]:

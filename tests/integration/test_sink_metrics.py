@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import urllib.request
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from fraud.broker import free_port
 from fraud.metrics import WebhookMetrics, serve_metrics
@@ -30,29 +28,12 @@ from fraud.sinks.webhooks.service import WebhookStats, run_webhooks
 from fraud.sinks.webhooks.signing import EVENT_ID_HEADER
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision
+from tests.unit.sinks.test_sink_metrics import Samples, sample, scrape, subscription
 
-SECRET = "whsec-metrics"
 FAST = RetryPolicy(delays=(0.2, 0.5), jitter=0.0)
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # ---------------------------------------------------------------- scraping
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    """The value of one series; 0 when it is not there (a labelled series not used yet)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def scrape_until(
@@ -110,10 +91,6 @@ async def receiving() -> AsyncIterator[Receiver]:
         yield receiver
     finally:
         await runner.cleanup()
-
-
-def subscription(sub_id: str, url: str) -> str:
-    return f'[[subscription]]\nid = "{sub_id}"\nurl = "{url}"\nsecrets = ["{SECRET}"]\n\n'
 
 
 def make_alert(i: int) -> Alert:

@@ -1,21 +1,10 @@
-"""The command line: help that explains, one-line errors instead of tracebacks."""
+"""The command line end to end: ``fraud demo`` stops everything it started on SIGTERM."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fraud", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
 
 
 def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:

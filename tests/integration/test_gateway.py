@@ -8,8 +8,6 @@ The parsing itself is tested as pure functions in ``tests/unit/ingest/test_gatew
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import random
@@ -19,8 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -29,47 +26,22 @@ from fraud.broker import free_port
 from fraud.contracts.units import DAY_MS
 from fraud.contracts.wire import parse_transaction
 from fraud.ingest.gateway import (
-    Gateway,
-    GatewayConfig,
     parse_document,
-    start_gateway,
 )
 from fraud.settings import Settings
 from fraud.tools.gateway_load import random_batch
 from fraud.tools.tail import open_consumer
 from fraud.v1.transaction_pb2 import Transaction
-from tests.unit.ingest.test_gateway import EXPECTED, VALID, body_of
-
-
-def with_(**changes: Any) -> dict[str, Any]:
-    """VALID with fields replaced; a value of ``...`` removes the field."""
-    doc = {**VALID, **changes}
-    return {k: v for k, v in doc.items() if v is not ...}
-
-
-# ---------------------------------------------------------------- pure: accepted forms
-
-
-# ---------------------------------------------------------------- pure: refused input
-
+from tests.unit.ingest.test_gateway import (
+    EXPECTED,
+    body_of,
+    gateway,
+    now_doc,
+    post,
+    run,
+)
 
 # ---------------------------------------------------------------- through HTTP and Kafka
-
-
-@contextlib.asynccontextmanager
-async def gateway(settings: Settings, **options: Any) -> AsyncIterator[Gateway]:
-    gw = await start_gateway(settings, GatewayConfig(port=free_port(), **options))
-    try:
-        yield gw
-    finally:
-        assert await gw.stop() == 0, "records left undelivered at shutdown"
-
-
-async def post(
-    session: aiohttp.ClientSession, gw: Gateway, body: bytes, **kwargs: Any
-) -> tuple[int, dict[str, Any]]:
-    async with session.post(f"{gw.url}/v1/transactions", data=body, **kwargs) as resp:
-        return resp.status, await resp.json()
 
 
 def read_topic(settings: Settings) -> list[tuple[bytes | None, int, Transaction]]:
@@ -96,15 +68,6 @@ def read_topic(settings: Settings) -> list[tuple[bytes | None, int, Transaction]
         return records
     finally:
         consumer.close()
-
-
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def now_doc(**changes: Any) -> dict[str, Any]:
-    """VALID at the current time (the gateway's clock is the wall clock)."""
-    return with_(**{"event_time": time.time_ns() // 1_000_000 - 60_000, **changes})
 
 
 @pytest.mark.timeout(120)

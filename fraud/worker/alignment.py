@@ -94,6 +94,11 @@ class EventTimeAligner(Generic[T]):
     def held(self) -> int:
         return sum(len(p.held) for p in self._parts.values())
 
+    def oldest_offset(self, partition: int) -> int | None:
+        """The offset of the oldest item ``partition`` holds (None: holds nothing)."""
+        part = self._parts.get(partition)
+        return part.held[0][1] if part is not None and part.held else None
+
     def held_by_partition(self) -> dict[int, int]:
         return {k: len(p.held) for k, p in self._parts.items() if p.held}
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +37,12 @@ from fraud.windows.customer import CustomerConfig
 from fraud.windows.terminal import TerminalConfig
 from fraud.worker import fetch_backoff
 from fraud.worker.checkpoint import FlushRunner, Offsets
-from fraud.worker.emitter import KafkaEmitter
+from fraud.worker.emitter import GroupMember, KafkaEmitter, TransactionalEmitter
 from fraud.worker.loop import WorkerLoop
 from fraud.worker.partitions import TopicPartition, by_terminal_topic
+from fraud.worker.recovery import CommittedTableManager
 from fraud.worker.table_store import FaustTableStore
-from fraud.worker.transport import LowLatencyTransport
+from fraud.worker.transport import LowLatencyTransport, TransactionalTransport
 
 
 def wall_ms() -> int:
@@ -103,6 +106,14 @@ class FaustConsumerView:
         offset: int | None = committed.get(TP(*tp))
         return offset
 
+    def member(self) -> GroupMember:
+        """This worker's consumer group membership (aiokafka's coordinator holds it)."""
+        consumer: Any = self._app.consumer
+        coordinator = consumer._thread._ensure_consumer()._coordinator
+        return GroupMember(
+            str(coordinator.group_id), int(coordinator.generation), str(coordinator.member_id)
+        )
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
         self._app.consumer.pause_partitions(TP(*tp) for tp in tps)
 
@@ -127,6 +138,8 @@ def _faust_app(settings: Settings) -> faust.App:
         datadir=str(Path(settings.data_dir) / "worker"),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
+        # Faust's own exactly-once (a transactional producer per partition) is not used: the
+        # worker's emitter commits its transactions (fraud.worker.emitter).
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.web_port is not None,
@@ -139,10 +152,34 @@ def _faust_app(settings: Settings) -> faust.App:
         # The customer stage holds messages unacknowledged while it aligns event time; they
         # are delivered again after a restart or a rebalance, so do not wait for them.
         stream_wait_empty=False,
+        # Recovery that ends on a transactional changelog too (its last offset is a marker).
+        TableManager=CommittedTableManager,
     )
     fetch_backoff.install()
-    app.transport = LowLatencyTransport(app.conf.broker_consumer, app)
+    transport = TransactionalTransport if settings.exactly_once else LowLatencyTransport
+    app.transport = transport(app.conf.broker_consumer, app)
     return app
+
+
+def transactional_id(settings: Settings) -> str:
+    """The settings' id, else one per app, host and data dir: stable across restarts of one
+    worker (its restart fences and aborts the transaction it left open), distinct between
+    workers."""
+    if settings.transactional_id:
+        return settings.transactional_id
+    where = f"{socket.gethostname()}:{Path(settings.data_dir).resolve()}"
+    return f"{settings.app_id}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+
+
+def _emitter(settings: Settings, consumer: FaustConsumerView) -> KafkaEmitter:
+    if not settings.exactly_once:
+        return KafkaEmitter(settings.brokers)
+    return TransactionalEmitter(
+        settings.brokers,
+        transactional_id(settings),
+        consumer.member,
+        timeout_ms=settings.transaction_timeout_ms,
+    )
 
 
 def _observe_lag_and_tables(
@@ -195,6 +232,8 @@ def _prepare(
             store_of[topic].open_partition(partition)
     highs = high_watermarks(settings.brokers, [names.transactions, names.labels, repartition])
     loop.positions.start_highs.update(highs)
+    if isinstance(emitter, TransactionalEmitter):
+        emitter.start()  # fences this worker's earlier instance before its first batch
     emitter.warm(
         [
             names.decisions,
@@ -213,7 +252,7 @@ class WorkerApp:
     # Run once partitions are assigned, before the worker says it is ready.
     prepare: Callable[[], None]
     # Deliver whatever the stages queued; run when the worker stops.
-    close: Callable[[], None]
+    close: Callable[[], Awaitable[None]]
     terminals: TerminalStage
 
 
@@ -228,7 +267,8 @@ def create_app(
     transactions = _raw_topic(app, names.transactions, settings.partitions)
     by_terminal = _raw_topic(app, repartition, settings.partitions)
     labels = _raw_topic(app, names.labels, settings.partitions)
-    emitter = KafkaEmitter(settings.brokers)
+    consumer = FaustConsumerView(app)
+    emitter = _emitter(settings, consumer)
     customer_store, terminal_store = (
         FaustTableStore(_table(app, settings, name), emitter)
         for name in ("customer-state", "terminal-state")
@@ -244,7 +284,6 @@ def create_app(
     terminals = TerminalStage(
         terminal_store, wall_ms, policy, TerminalConfig(allowed_lateness_ms=lateness)
     )
-    consumer = FaustConsumerView(app)
     loop = WorkerLoop(
         settings,
         customers,
@@ -276,6 +315,11 @@ def create_app(
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             await loop.on_repartitioned(_records(events))
             yield None
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: Set[TP], **kwargs: Any) -> None:
+        if revoked:
+            await loop.on_revoked()
 
     @app.timer(interval=settings.batch_within_s * 10)  # type: ignore[untyped-decorator]
     async def release_held() -> None:

@@ -1,20 +1,38 @@
-"""Output path of the worker: one confluent-kafka producer for decisions, alerts, dead letters
-and the state changelog.
+"""Output path of the worker: one confluent-kafka producer for decisions, alerts, dead letters,
+the repartition topic and the state changelogs.
 
 Faust's producer sends one message at a time through asyncio and measured about a thousand
-decisions per second here; librdkafka buffers and batches in C. ``flush`` runs at the end of
-every micro-batch, before the batch's input offsets can be committed, so a decision or a state
-change is delivered before its transaction counts as consumed (at-least-once).
+decisions per second here; librdkafka buffers and batches in C.
+
+Two ways to deliver (``fraud.worker.checkpoint.Delivery`` picks none; the worker's settings do):
+
+* ``KafkaEmitter`` (at-least-once): ``deliver`` flushes; the caller then acknowledges the input,
+  and Faust commits its offsets later. A crash in between delivers that input again.
+* ``TransactionalEmitter`` (exactly-once): everything sent between two deliveries is one Kafka
+  transaction, and ``deliver`` adds the consumed input offsets to it and commits. Outputs,
+  state changes and offsets become visible together or not at all; readers use
+  ``isolation.level=read_committed``. While a commit is in flight (in a worker thread), sends
+  are held in order and go into the next transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from fraud.kafka_config import make_producer, produce
+
+log = logging.getLogger("fraud.worker")
+
+# (topic, partition) -> the next offset to consume, as committed.
+NextOffsets = Mapping[tuple[str, int], int]
+# How many times a commit that failed with a retriable error is tried again.
+COMMIT_ATTEMPTS = 10
 
 
 class EmitError(RuntimeError):
@@ -75,6 +93,20 @@ class KafkaEmitter:
     def poll(self) -> None:
         self._producer.poll(0)
 
+    def hold_sends(self) -> None:
+        """A delivery starts (nothing to hold: a flush covers later sends too)."""
+
+    def release_sends(self) -> None:
+        """The delivery started by ``hold_sends`` ended."""
+
+    def deliver(self, consumed: NextOffsets) -> dict[tuple[str, int], int]:
+        """Deliver everything sent so far (blocking; safe in a worker thread). The input
+        offsets are committed by the consumer once the caller acknowledges the input."""
+        return self.flush()
+
+    def abandon(self) -> None:
+        """Nothing to undo: what was sent is delivered or lost with the process."""
+
     def flush(self, timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
         """Wait until everything queued is delivered; raise EmitError if anything failed.
 
@@ -89,3 +121,141 @@ class KafkaEmitter:
             raise EmitError(f"output to Kafka failed: {detail}")
         offsets, self._offsets = self._offsets, {}
         return offsets
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """This worker's membership of its consumer group, which fences a commit of offsets
+    from a worker that has lost its partitions (KIP-447)."""
+
+    group_id: str
+    generation: int
+    member_id: str
+
+    def metadata(self) -> bytes:
+        """librdkafka's serialised ``rd_kafka_consumer_group_metadata_t``, what
+        ``send_offsets_to_transaction`` takes (``Consumer.consumer_group_metadata()``
+        returns the same bytes): magic, native int32 generation, NUL-terminated group and
+        member ids, then 1 for "no group instance id"."""
+        return b"".join(
+            [
+                b"CGMDv2:",
+                struct.pack("=i", self.generation),
+                self.group_id.encode() + b"\0",
+                self.member_id.encode() + b"\0",
+                b"\x01",
+            ]
+        )
+
+
+class TransactionalEmitter(KafkaEmitter):
+    def __init__(
+        self,
+        brokers: str,
+        transactional_id: str,
+        member: Callable[[], GroupMember],
+        *,
+        timeout_ms: int = 15_000,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": timeout_ms,
+        }
+        conf.update(extra or {})
+        super().__init__(brokers, conf)
+        self.transactional_id = transactional_id
+        self._member = member
+        self._held: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._holding = False
+        self._started = False
+        self._open = False
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Fence any earlier producer with this id (its open transaction is aborted) and open
+        the first transaction; done by the first send or delivery when not called before."""
+        if not self._started:
+            self._producer.init_transactions(timeout_s)
+            self._started = True
+        if not self._open:
+            self._producer.begin_transaction()
+            self._open = True
+
+    def send(self, topic: str, key: bytes | None, value: bytes, **kwargs: Any) -> None:
+        if self._holding:
+            self._held.append(((topic, key, value), kwargs))
+            return
+        if not self._open:
+            self.start()
+        super().send(topic, key, value, **kwargs)
+
+    def hold_sends(self) -> None:
+        self._holding = True
+
+    def release_sends(self) -> None:
+        """Open the next transaction and send into it what waited for the commit."""
+        self._holding = False
+        held, self._held = self._held, []
+        for args, kwargs in held:
+            self.send(*args, **kwargs)
+
+    def deliver(self, consumed: NextOffsets) -> dict[tuple[str, int], int]:
+        """Commit the open transaction with ``consumed`` as the group's offsets; raise
+        ``EmitError`` when it could not be committed (it is then aborted: none of its
+        outputs, state changes or offsets count, and the input is processed again)."""
+        self.start()
+        try:
+            if consumed:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in consumed.items()]
+                self._retrying(
+                    lambda: self._producer.send_offsets_to_transaction(
+                        offsets, self._member().metadata(), 30.0
+                    )
+                )
+            self._retrying(lambda: self._producer.commit_transaction(30.0))
+        except KafkaException as exc:
+            self._abort(exc)
+        self._open = False
+        if self._errors:
+            # A delivery failed, yet the commit went through: never silently.
+            errors, self._errors = self._errors, []
+            raise EmitError(f"output to Kafka failed: {'; '.join(errors[:3])}")
+        offsets_out, self._offsets = self._offsets, {}
+        return offsets_out
+
+    def _retrying(self, call: Callable[[], None]) -> None:
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and error.retriable()):
+                    raise
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                log.warning("transaction commit retried: %s", error)
+
+    def _abort(self, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args else None
+        self._open = False
+        self._errors.clear()
+        self._offsets.clear()
+        if isinstance(error, KafkaError) and error.txn_requires_abort():
+            try:
+                self._producer.abort_transaction(30.0)
+            except KafkaException as abort_exc:
+                log.error("aborting the transaction failed: %s", abort_exc)
+        raise EmitError(f"transaction not committed (aborted): {error}") from exc
+
+    def abandon(self) -> None:
+        """Abort the open transaction (the worker stops after a failed commit): nothing sent
+        since the last commit counts."""
+        self._holding = False
+        self._held.clear()
+        if self._open:
+            self._open = False
+            try:
+                self._producer.abort_transaction(10.0)
+            except KafkaException as exc:
+                log.error("aborting the transaction failed: %s", exc)

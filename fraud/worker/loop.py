@@ -41,11 +41,18 @@ from fraud.worker.checkpoint import (
     Ackable,
     Changelog,
     Checkpoints,
+    Consumed,
     Delivery,
     Emitter,
     FlushRunner,
 )
-from fraud.worker.partitions import ConsumerView, Positions, RepartitionHop, by_terminal_topic
+from fraud.worker.partitions import (
+    ConsumerView,
+    Positions,
+    RepartitionHop,
+    TopicPartition,
+    by_terminal_topic,
+)
 from fraud.worker.watermarks import LabelWatermarks
 
 log = logging.getLogger("fraud.worker")
@@ -139,7 +146,13 @@ class WorkerLoop:
             partitions=settings.partitions,
             enabled=settings.single_stage,
         )
-        self.delivery = Delivery(emitter, changelogs, metrics, in_background, self.hop.on_delivered)
+        # Released transactions being processed, oldest offset per partition: with the
+        # aligner's, what a commit must not pass.
+        self.in_progress: dict[int, int] = {}
+        self.consumed = Consumed(self._oldest_unhandled)
+        self.delivery = Delivery(
+            emitter, changelogs, metrics, in_background, self.hop.on_delivered, self.consumed
+        )
         self.checkpoints = Checkpoints(self.delivery, clock, settings.checkpoint_s)
         self.outputs = Outputs(emitter, metrics, names)
         self.aligner: EventTimeAligner[Held] = EventTimeAligner(
@@ -150,6 +163,18 @@ class WorkerLoop:
         )
         self.paused: set[int] = set()  # transactions partitions paused until they drain
         self._lock = asyncio.Lock()  # one release (or checkpoint start) at a time
+        # Incremented when partitions are revoked: a batch that was waiting then is dropped
+        # (it had no effect yet; its input is consumed again from the committed offsets).
+        self.epoch = 0
+
+    def _oldest_unhandled(self, tp: TopicPartition) -> int | None:
+        if tp[0] != self.transactions:
+            return None
+        held = self.aligner.oldest_offset(tp[1])
+        busy = self.in_progress.get(tp[1])
+        if held is None or busy is None:
+            return held if busy is None else busy
+        return min(held, busy)
 
     async def on_transactions(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
         """The customer agent's batch: hold each valid transaction in the aligner, then release
@@ -163,6 +188,8 @@ class WorkerLoop:
             # TransactionBatch record counts once per transaction).
             event.message.incref()
             self.aligner.add(rec.partition, rec.offset, tx.event_time_ms, (tx, rec, index, event))
+        for rec in records:  # held in the aligner, or dead-lettered below
+            self.consumed.handled((rec.topic, rec.partition), rec.offset)
         self.outputs.dead(dead)
         await self.release(always_deliver=bool(dead))
 
@@ -171,7 +198,15 @@ class WorkerLoop:
         acknowledge it once its outputs are delivered."""
         async with self._lock:
             items = self.aligner.release(self.positions.assigned(self.transactions))
-            decided = await self._enrich(items) if items else False
+            for _, rec, _, _ in items:
+                if rec.offset < self.in_progress.get(rec.partition, rec.offset + 1):
+                    self.in_progress[rec.partition] = rec.offset
+            try:
+                decided = await self._enrich(items) if items else False
+            finally:
+                self.in_progress.clear()
+            if decided is None:
+                return  # revoked while waiting: dropped
             events = [event for _, _, _, event in items]
             if decided and not always_deliver:
                 self.checkpoints.hold(events)
@@ -181,9 +216,18 @@ class WorkerLoop:
                 await self.checkpoints.deliver_then_ack(events)
             self._pause_overfull()
 
-    async def _enrich(self, items: Sequence[Held]) -> bool:
+    async def _enrich(self, items: Sequence[Held]) -> bool | None:
         """The customer stage on released transactions, then the terminal stage in line (True)
-        or the repartition hop (False)."""
+        or the repartition hop (False); None when partitions were revoked while it waited for
+        labels (nothing was changed)."""
+        in_line = self.hop.single_stage()
+        parts: list[int] = []
+        if in_line:
+            # Waited for before any state changes, so a revocation during the wait leaves
+            # nothing half done.
+            parts = [partition_for(tx.terminal_id, self.partitions) for tx, _, _, _ in items]
+            if not await self._labels_ready([tx for tx, _, _, _ in items], parts):
+                return None
         started = time.perf_counter()
         result = self.customers.process_parsed(
             [tx for tx, _, _, _ in items],
@@ -191,10 +235,8 @@ class WorkerLoop:
             [index for _, _, index, _ in items],
         )
         self.metrics.record_batch("customer", len(items), time.perf_counter() - started)
-        if self.hop.single_stage():
-            columns = result.columns
-            parts = [partition_for(tx.terminal_id, self.partitions) for tx in columns.txs]
-            await self._terminal_step(columns, parts, [])
+        if in_line:
+            self._decide(result.columns, parts, [])
             return True
         enriched = result.enriched
         self.metrics.repartitioned.inc(len(enriched))
@@ -222,18 +264,21 @@ class WorkerLoop:
         self.paused.clear()
         self.paused.update(full)
 
-    async def _terminal_step(
-        self, columns: Enriched, parts: Sequence[int], dead: Sequence[DeadLetter]
-    ) -> None:
-        """Wait for the labels up to these transactions' times, then decide and queue the
-        output (the caller delivers it)."""
+    async def _labels_ready(self, txs: Sequence[Transaction], parts: Sequence[int]) -> bool:
+        """Wait for the labels up to these transactions' times; False when partitions were
+        revoked meanwhile (the caller then drops the batch)."""
+        epoch = self.epoch
         needs: dict[int, int] = {}
-        for tx, partition in zip(columns.txs, parts, strict=True):
+        for tx, partition in zip(txs, parts, strict=True):
             t = tx.event_time_ms
             if t > needs.get(partition, NO_TIME):
                 needs[partition] = t
         if needs and not await self.watermarks.wait(needs):
             self.metrics.label_wait_timeouts.inc()
+        return self.epoch == epoch
+
+    def _decide(self, columns: Enriched, parts: Sequence[int], dead: Sequence[DeadLetter]) -> None:
+        """Decide and queue the output (the caller delivers it)."""
         started = time.perf_counter()
         result = self.terminals.process_enriched(columns, parts)
         self.metrics.record_batch("terminal", len(columns), time.perf_counter() - started)
@@ -254,6 +299,7 @@ class WorkerLoop:
         # a label is idempotent.
         for rec, time_ms in zip(records, result.label_times, strict=True):
             self.watermarks.advance(rec.partition, time_ms, rec.offset)
+            self.consumed.handled((rec.topic, rec.partition), rec.offset)
         for event in events:
             event.message.incref()  # held past take_events' own ack, as in on_transactions
         self.checkpoints.hold(events)
@@ -261,7 +307,12 @@ class WorkerLoop:
     async def on_repartitioned(self, records: Sequence[RawRecord]) -> None:
         """The terminal agent's batch from the repartition hop: decide and deliver (the agent
         then acknowledges the batch)."""
-        await self._terminal_step(*self.terminals.decode(records))
+        columns, parts, dead = self.terminals.decode(records)
+        if not await self._labels_ready(columns.txs, parts):
+            return  # revoked while waiting: consumed again from the committed offsets
+        self._decide(columns, parts, dead)
+        for rec in records:
+            self.consumed.handled((rec.topic, rec.partition), rec.offset)
         await self.delivery.deliver()
         for rec in records:
             self.hop.on_processed(rec.partition, rec.offset)
@@ -275,7 +326,21 @@ class WorkerLoop:
             async with self._lock:
                 await self.checkpoints.if_due()
 
-    def close(self) -> None:
+    async def on_revoked(self) -> None:
+        """Partitions are being revoked (a rebalance): deliver what was handled, with its
+        offsets, while this worker is still a member of the generation that owns them; then
+        forget everything else. Every partition is consumed again from its committed offset
+        after the rebalance (Faust's eager protocol), by this worker or its new owner."""
+        try:
+            await self.checkpoints.deliver_then_ack([])
+        finally:
+            self.epoch += 1
+            self.aligner.drop(range(self.partitions))
+            self.consumed.forget(list(self.consumed.offsets()))
+            self.consumer.resume_partitions((self.transactions, p) for p in self.paused)
+            self.paused.clear()
+
+    async def close(self) -> None:
         """Deliver everything queued and acknowledge what it covers, so that the consumer's
         last commit (after this) includes the batches decided since the last checkpoint."""
-        self.checkpoints.close()
+        await self.checkpoints.close()

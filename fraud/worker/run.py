@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class _Worker(faust.worker.Worker):
         self,
         *args: Any,
         prepare: Callable[[], None],
-        close: Callable[[], None],
+        close: Callable[[], Awaitable[None]],
         ready_file: Path | None = None,
         **kwargs: Any,
     ) -> None:
@@ -48,7 +48,7 @@ class _Worker(faust.worker.Worker):
     async def on_stop(self) -> None:
         # Agents are cancelled on stop, possibly between queueing output and its flush:
         # deliver what was queued (changelog writes included) before the process exits.
-        self._close()
+        await self._close()
         await super().on_stop()
 
 
@@ -81,9 +81,9 @@ def run_worker(
         watcher.on_policy = swap
         watcher.start()
 
-    def close() -> None:
+    async def close() -> None:
         watcher.stop()
-        built.close()
+        await built.close()
 
     server = None
     if settings.metrics_port is not None:

@@ -1,13 +1,21 @@
 """A StateStore over a Faust table's RocksDB store, with the partition passed explicitly.
 
 Faust's own ``table[key] = value`` takes the partition from the "current event", which is wrong
-for a micro-batch that spans partitions. This adapter writes the partition's RocksDB database
-with one WriteBatch per call and sends each key's new value to the same partition of the
-table's changelog topic (through the worker's emitter, at the next ``send_changelog``: the
-worker calls it before each flush), which is exactly what Faust's recovery replays into that
-database. Once the changelog writes are delivered, ``on_changelog_offsets``
-records them as the store's persisted offsets, as Faust does, so a restart only replays newer
-changelog records.
+for a micro-batch that spans partitions. This adapter keeps each key's new value in memory
+until the checkpoint that carries it is delivered, and only then writes the partition's RocksDB
+database (one WriteBatch per partition, holding the values and the changelog offset they
+reach):
+
+    put_many -> pending --send_changelog--> delivering --on_changelog_offsets--> RocksDB
+
+``send_changelog`` (the worker calls it as a checkpoint starts) sends each pending value to the
+same partition of the table's changelog topic, which is exactly what Faust's recovery replays
+into that database. Reads see the pending values first, then the ones being delivered, then
+RocksDB. So the local database never holds state the changelog and the consumed offsets do not
+also hold: after a crash it is the state of the last delivered checkpoint, and recovery (from
+the persisted offset) brings it up to the changelog; with exactly-once, a checkpoint that was
+never committed leaves no trace in either. A key written by several batches in one checkpoint
+is sent once (Kafka Streams' record cache does the same).
 """
 
 from __future__ import annotations
@@ -16,19 +24,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import rocksdict
-from faust.types import TP
 
-from fraud.worker.emitter import KafkaEmitter
+from fraud.worker.checkpoint import Emitter, Offsets
+
+# (partition, key) -> value
+_Values = dict[tuple[int, bytes], bytes]
 
 
 class FaustTableStore:
-    def __init__(self, table: Any, emitter: KafkaEmitter) -> None:
+    def __init__(self, table: Any, emitter: Emitter) -> None:
         self.table = table
         self.emitter = emitter
-        # Changelog values not sent yet, latest per (partition, key): put_many writes RocksDB
-        # at once and the changelog at the next send_changelog, so a key written by several
-        # batches in between is sent once (Kafka Streams' record cache does the same).
-        self._unsent: dict[tuple[int, bytes], bytes] = {}
+        self._pending: _Values = {}  # written since the last send_changelog
+        self._delivering: _Values = {}  # sent, waiting for the delivery of their checkpoint
 
     def _db(self, partition: int) -> Any:
         return self.table.data._db_for_partition(partition)
@@ -44,29 +52,63 @@ class FaustTableStore:
     def get_many(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        values: list[bytes | None] = self._db(partition).get(list(keys))
+        pending, delivering = self._pending, self._delivering
+        if not pending and not delivering:
+            stored: list[bytes | None] = self._db(partition).get(list(keys))
+            return stored
+        values: list[bytes | None] = []
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            value = pending.get((partition, key))
+            if value is None:
+                value = delivering.get((partition, key))
+            if value is None:
+                missing.append(i)
+            values.append(value)
+        if missing:
+            found = self._db(partition).get([keys[i] for i in missing])
+            for i, value in zip(missing, found, strict=True):
+                values[i] = value
         return values
 
     def put_many(self, partition: int, items: Sequence[tuple[bytes, bytes]]) -> None:
-        if not items:
-            return
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        pending = self._pending
         for key, value in items:
-            batch.put(key, value)
-        self._db(partition).write(batch)
-        unsent = self._unsent
-        for key, value in items:
-            unsent[(partition, key)] = value
+            pending[(partition, key)] = value
 
     def send_changelog(self) -> int:
         """Queue the latest value of every key written since the last call on the changelog
-        (the caller then flushes the emitter); returns how many were queued."""
-        unsent, self._unsent = self._unsent, {}
+        (the caller then delivers); returns how many were queued."""
+        pending, self._pending = self._pending, {}
         topic = self.changelog_topic
         send = self.emitter.send
-        for (partition, key), value in unsent.items():
+        for (partition, key), value in pending.items():
             send(topic, key, value, partition=partition, track_offset=True)
-        return len(unsent)
+        self._delivering.update(pending)
+        return len(pending)
+
+    def on_changelog_offsets(self, offsets: Offsets) -> None:
+        """The checkpoint sent by the last ``send_changelog`` is delivered (``offsets``: the
+        last delivered offset per partition, of every topic): write its values to RocksDB
+        with the offsets they reach, which Faust's recovery starts after."""
+        delivering, self._delivering = self._delivering, {}
+        own = self.changelog_topic
+        batches: dict[int, Any] = {}
+        for (partition, key), value in delivering.items():
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(key, value)
+        offset_key = self.table.data.offset_key
+        for (topic, partition), offset in offsets.items():
+            if topic != own:
+                continue
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(offset_key, str(offset).encode())
+        for partition, batch in batches.items():
+            self._db(partition).write(batch)
 
     def estimate_keys(self, partitions: Sequence[int]) -> int:
         """RocksDB's estimate of the keys held for ``partitions`` (cheap; for metrics)."""
@@ -74,10 +116,3 @@ class FaustTableStore:
             int(self._db(p).property_int_value("rocksdb.estimate-num-keys") or 0)
             for p in partitions
         )
-
-    def on_changelog_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Record delivered changelog offsets of this table (others' are ignored)."""
-        own = self.changelog_topic
-        for (topic, partition), offset in offsets.items():
-            if topic == own:
-                self.table.data.set_persisted_offset(TP(topic, partition), offset)

@@ -1,14 +1,22 @@
-"""Faust's aiokafka transport with a short fetch wait.
+"""Faust's aiokafka transport with a short fetch wait, and its exactly-once variant.
 
 Faust builds its worker consumer with ``fetch_max_wait_ms=1500`` hard-coded. When the stream
 buffer fills, Faust pauses partitions and resumes them later; records for a resumed partition
 then wait behind a fetch request that the broker may hold for up to that long, which showed up
 here as a p99 decision latency of about 1.1 s at 1,000 tx/s. A short wait bounds that stall;
 an idle worker polls a little more often in exchange.
+
+With exactly-once (``TransactionalTransport``) the consumer reads committed records only (the
+repartition topic and the changelogs are written in transactions, and a checkpoint that was
+aborted must never be read or restored), and Faust commits no offsets itself: the worker's
+transactions commit them with their outputs (``fraud.worker.emitter.TransactionalEmitter``).
+A commit of Faust's own, of the offsets acknowledged after a transaction, could otherwise land
+after a later transaction's and move the group's offsets back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -17,16 +25,36 @@ FETCH_MAX_WAIT_MS = 20
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    isolation_level = "read_uncommitted"
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._isolation_level = self.isolation_level
         return consumer
 
 
+class _TransactionalConsumerThread(_ConsumerThread):
+    isolation_level = "read_committed"
+
+    async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+        return True  # committed by the worker's transactions
+
+
 class _Consumer(faust_aiokafka.Consumer):
+    thread_class: type[_ConsumerThread] = _ConsumerThread
+
     def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return self.thread_class(self, loop=self.loop, beacon=self.beacon)
+
+
+class _TransactionalConsumer(_Consumer):
+    thread_class = _TransactionalConsumerThread
 
 
 class LowLatencyTransport(faust_aiokafka.Transport):
     Consumer = _Consumer
+
+
+class TransactionalTransport(LowLatencyTransport):
+    Consumer = _TransactionalConsumer

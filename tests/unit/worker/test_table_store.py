@@ -1,5 +1,7 @@
-"""FaustTableStore over real RocksDB databases: reads see writes at once, and the changelog
-gets the latest value of each written key once per send_changelog, in the key's partition."""
+"""FaustTableStore over real RocksDB databases: reads see writes at once, the changelog gets
+the latest value of each written key once per send_changelog, in the key's partition, and
+RocksDB only gets a value once the checkpoint that sent it is delivered, with the changelog
+offset it reaches."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from fraud.worker.table_store import FaustTableStore
 
 
 class _Data:
+    offset_key = b"__faust\0offset__"
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dbs: dict[int, rocksdict.Rdict] = {}
@@ -57,7 +61,7 @@ def test_changelog_gets_the_latest_value_of_each_key_once(
     tables.put_many(0, [(b"a", b"1"), (b"b", b"1")])
     tables.put_many(0, [(b"a", b"2")])
     tables.put_many(3, [(b"a", b"9")])  # same key, another partition: another entry
-    # RocksDB has every write at once; nothing went to the changelog yet.
+    # Reads see every write at once; nothing went to the changelog yet.
     assert tables.get_many(0, [b"a", b"b", b"c"]) == [b"2", b"1", None]
     assert tables.get_many(3, [b"a"]) == [b"9"]
     assert emitter.sent == []
@@ -74,3 +78,29 @@ def test_changelog_gets_the_latest_value_of_each_key_once(
     tables.put_many(0, [(b"b", b"3")])
     assert tables.send_changelog() == 1
     assert emitter.sent[-1] == (topic, b"b", b"3", 0)
+
+
+def _stored(tables: FaustTableStore, partition: int, key: bytes) -> bytes | None:
+    value: bytes | None = tables.table.data._db_for_partition(partition).get(key)
+    return value
+
+
+def test_rocksdb_gets_a_checkpoint_only_once_it_is_delivered(tmp_path: Path) -> None:
+    tables = FaustTableStore(_Table(tmp_path), _Emitter())  # type: ignore[arg-type]
+    topic = "app-customer-state-changelog"
+    offset_key = _Data.offset_key
+    tables.put_many(0, [(b"a", b"1")])
+    tables.send_changelog()
+    tables.put_many(0, [(b"a", b"2"), (b"b", b"1")])  # the next checkpoint's
+    assert _stored(tables, 0, b"a") is None  # a crash now leaves RocksDB as it was
+    assert tables.get_many(0, [b"a", b"b"]) == [b"2", b"1"]
+
+    tables.on_changelog_offsets({(topic, 0): 41, ("other-topic", 0): 7})
+    assert _stored(tables, 0, b"a") == b"1" and _stored(tables, 0, b"b") is None
+    assert _stored(tables, 0, offset_key) == b"41"  # recovery reads on from there
+    assert tables.get_many(0, [b"a", b"b", b"c"]) == [b"2", b"1", None]
+
+    tables.send_changelog()
+    tables.on_changelog_offsets({(topic, 0): 43})
+    assert [_stored(tables, 0, k) for k in (b"a", b"b")] == [b"2", b"1"]
+    assert tables.get_many(0, [b"a", b"b"]) == [b"2", b"1"]

@@ -1,0 +1,39 @@
+"""The pieces of exactly-once that need no broker: the group metadata a transaction commits
+offsets with, and the offsets a commit may store."""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer
+
+from fraud.worker.checkpoint import Consumed
+from fraud.worker.emitter import GroupMember
+
+
+def test_group_metadata_is_the_bytes_librdkafka_serialises() -> None:
+    # A consumer that never joined has generation -1 and no member id; librdkafka's own
+    # serialisation of it is the reference.
+    consumer = Consumer({"group.id": "fraud-worker", "bootstrap.servers": "127.0.0.1:1"})
+    try:
+        reference = consumer.consumer_group_metadata()
+    finally:
+        consumer.close()
+    assert GroupMember("fraud-worker", -1, "").metadata() == reference
+
+
+def test_group_metadata_carries_generation_and_member() -> None:
+    data = GroupMember("g", 7, "m-1").metadata()
+    assert data == b"CGMDv2:" + (7).to_bytes(4, "little") + b"g\0m-1\0\x01"
+
+
+def test_a_commit_stops_at_the_oldest_record_still_held() -> None:
+    held: dict[tuple[str, int], int] = {}
+    consumed = Consumed(lambda tp: held.get(tp))
+    for offset in range(10):
+        consumed.handled(("transactions", 0), offset)
+    consumed.handled(("labels", 1), 4)
+    consumed.handled(("labels", 1), 2)  # never moves back
+    assert consumed.offsets() == {("transactions", 0): 10, ("labels", 1): 5}
+    held[("transactions", 0)] = 6  # offset 6 is still in the aligner
+    assert consumed.offsets() == {("transactions", 0): 6, ("labels", 1): 5}
+    consumed.forget([("labels", 1)])
+    assert consumed.offsets() == {("transactions", 0): 6}

@@ -36,7 +36,7 @@ from fraud.broker import (
 from fraud.broker.process import pid_alive
 from fraud.contracts.currency import CurrencyError
 from fraud.contracts.units import DAY_MS
-from fraud.settings import DEFAULT_BROKERS, Settings
+from fraud.settings import DEFAULT_BROKERS, GUARANTEES, Settings
 
 EPILOG = "Docs: README.md, docs/. Environment: KAFKA_BOOTSTRAP sets --brokers for every command."
 
@@ -281,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-wait-ms", type=int, default=int(_env("FRAUD_LABEL_WAIT_MS", "250") or 250),
         help="longest wait of the terminal stage for labels up to a transaction's time "
         "(env FRAUD_LABEL_WAIT_MS; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--processing-guarantee", choices=GUARANTEES, default=None,
+        help="exactly_once: each checkpoint is one Kafka transaction (state, decisions, alerts "
+        "and consumed offsets), and readers see decisions once committed; at_least_once: "
+        "decisions visible at once, but a crash counts up to a checkpoint of input twice "
+        "(env FRAUD_PROCESSING_GUARANTEE; default exactly_once)",
     )  # fmt: skip
     p.add_argument(
         "--two-stage", action="store_true",
@@ -578,6 +585,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         web_port=args.web_port or None,
         label_wait_ms=args.label_wait_ms,
         single_stage=base.single_stage and not args.two_stage,
+        processing_guarantee=args.processing_guarantee or base.processing_guarantee,
         model_path=args.model,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,

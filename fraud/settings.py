@@ -95,6 +95,10 @@ class Settings:
     # transaction); and how long an open transaction may last before the broker aborts it.
     transactional_id: str | None = None
     transaction_timeout_ms: int = 15_000
+    # A worker that stops heartbeating (killed or stopped) keeps its partitions this long:
+    # workers are static group members, so one restarted within it resumes them without a
+    # rebalance; past it the others take them over.
+    session_timeout_s: float = 15.0
     # Decide in the customer agent, skipping the repartition topic, while this worker owns
     # every partition (fraud/worker/partitions.py: RepartitionHop); off: always two stages.
     single_stage: bool = True

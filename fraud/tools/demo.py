@@ -195,6 +195,7 @@ def worker_process(
         "--web-port", "0",
         "--ready-file", str(ready),
         "--label-wait-ms", str(settings.label_wait_ms),
+        "--processing-guarantee", settings.processing_guarantee,
         *([] if settings.metrics_port is None else ["--metrics-port", str(settings.metrics_port)]),
         *([] if settings.model_path is None else ["--model", str(settings.model_path)]),
         *([] if settings.single_stage else ["--two-stage"]),

@@ -110,8 +110,12 @@ class FaustConsumerView:
         """This worker's consumer group membership (aiokafka's coordinator holds it)."""
         consumer: Any = self._app.consumer
         coordinator = consumer._thread._ensure_consumer()._coordinator
+        instance = coordinator._group_instance_id
         return GroupMember(
-            str(coordinator.group_id), int(coordinator.generation), str(coordinator.member_id)
+            str(coordinator.group_id),
+            int(coordinator.generation),
+            str(coordinator.member_id),
+            None if instance is None else str(instance),
         )
 
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
@@ -149,6 +153,9 @@ def _faust_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=max(4096, 4 * settings.batch_max),
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # A member that stops answering (killed, or stopped: static members do not leave the
+        # group) loses its partitions after this long.
+        broker_session_timeout=settings.session_timeout_s,
         # The customer stage holds messages unacknowledged while it aligns event time; they
         # are delivered again after a restart or a rebalance, so do not wait for them.
         stream_wait_empty=False,
@@ -158,13 +165,14 @@ def _faust_app(settings: Settings) -> faust.App:
     fetch_backoff.install()
     transport = TransactionalTransport if settings.exactly_once else LowLatencyTransport
     app.transport = transport(app.conf.broker_consumer, app)
+    app.transport.group_instance_id = transactional_id(settings)
     return app
 
 
 def transactional_id(settings: Settings) -> str:
     """The settings' id, else one per app, host and data dir: stable across restarts of one
-    worker (its restart fences and aborts the transaction it left open), distinct between
-    workers."""
+    worker (its restart fences and aborts the transaction it left open, and takes its place
+    in the consumer group: it is the group instance id too), distinct between workers."""
     if settings.transactional_id:
         return settings.transactional_id
     where = f"{socket.gethostname()}:{Path(settings.data_dir).resolve()}"

@@ -131,19 +131,23 @@ class GroupMember:
     group_id: str
     generation: int
     member_id: str
+    instance_id: str | None = None  # static membership (group.instance.id)
 
     def metadata(self) -> bytes:
         """librdkafka's serialised ``rd_kafka_consumer_group_metadata_t``, what
         ``send_offsets_to_transaction`` takes (``Consumer.consumer_group_metadata()``
         returns the same bytes): magic, native int32 generation, NUL-terminated group and
-        member ids, then 1 for "no group instance id"."""
+        member ids, then 1 for "no group instance id" or 0 and the NUL-terminated id."""
+        instance = (
+            b"\x01" if self.instance_id is None else b"\x00" + self.instance_id.encode() + b"\0"
+        )
         return b"".join(
             [
                 b"CGMDv2:",
                 struct.pack("=i", self.generation),
                 self.group_id.encode() + b"\0",
                 self.member_id.encode() + b"\0",
-                b"\x01",
+                instance,
             ]
         )
 

@@ -12,6 +12,8 @@ aborted must never be read or restored), and Faust commits no offsets itself: th
 transactions commit them with their outputs (``fraud.worker.emitter.TransactionalEmitter``).
 A commit of Faust's own, of the offsets acknowledged after a transaction, could otherwise land
 after a later transaction's and move the group's offsets back.
+
+Both may join the group as a static member (``group_instance_id``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         consumer._isolation_level = self.isolation_level
+        consumer._group_instance_id = getattr(transport, "group_instance_id", None)
         return consumer
 
 
@@ -54,6 +57,10 @@ class _TransactionalConsumer(_Consumer):
 
 class LowLatencyTransport(faust_aiokafka.Transport):
     Consumer = _Consumer
+    # Static group membership (KIP-345) when set: a worker restarted with the same id takes
+    # its place in the group at once, with its partitions, instead of the group waiting for
+    # the session of the dead member to time out and then rebalancing twice.
+    group_instance_id: str | None = None
 
 
 class TransactionalTransport(LowLatencyTransport):

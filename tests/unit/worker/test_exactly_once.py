@@ -20,6 +20,17 @@ def test_group_metadata_is_the_bytes_librdkafka_serialises() -> None:
     assert GroupMember("fraud-worker", -1, "").metadata() == reference
 
 
+def test_group_metadata_of_a_static_member_is_the_bytes_librdkafka_serialises() -> None:
+    consumer = Consumer(
+        {"group.id": "g", "group.instance.id": "w-1", "bootstrap.servers": "127.0.0.1:1"}
+    )
+    try:
+        reference = consumer.consumer_group_metadata()
+    finally:
+        consumer.close()
+    assert GroupMember("g", -1, "", "w-1").metadata() == reference
+
+
 def test_group_metadata_carries_generation_and_member() -> None:
     data = GroupMember("g", 7, "m-1").metadata()
     assert data == b"CGMDv2:" + (7).to_bytes(4, "little") + b"g\0m-1\0\x01"

@@ -69,6 +69,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from fraud.broker import ensure_topics
 from fraud.contracts.currency import EXPONENTS
+from fraud.contracts.partitioning import TRANSACTION, type_headers
 from fraud.ingest.fields import Invalid as FieldInvalid
 from fraud.ingest.fields import TransactionBuilder, wall_ms
 from fraud.ingest.options import require_positive
@@ -271,6 +272,9 @@ class _Pending:
             self.future.set_result(self.error)
 
 
+_TRANSACTION_HEADERS: list[tuple[str, str | bytes | None]] = [*type_headers(TRANSACTION)]
+
+
 class KafkaWriter:
     """One confluent-kafka producer; ``send`` awaits the broker's acks without blocking the loop.
 
@@ -305,6 +309,7 @@ class KafkaWriter:
                     self.topic,
                     key=tx.customer_id.encode(),
                     value=tx.SerializeToString(),
+                    headers=_TRANSACTION_HEADERS,
                     on_delivery=pending.report,
                 )
             except BufferError:

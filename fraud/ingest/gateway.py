@@ -8,6 +8,12 @@ Endpoints::
         400 {"error": reason, "detail": text, "field": name, "item": index}
             nothing of the request was produced; "item" (0-based) only for a JSON array,
             "field" when one field is to blame
+        408 {"error": "body_timeout", ...}   the body did not arrive within --body-timeout
+        409 {"error": "transaction_id_reused" | "request_in_progress", ...}
+        422 {"error": "idempotency_key_reused", ...}
+            an Idempotency-Key or transaction id remembered from an earlier request
+            (fraud.ingest.idempotency: one process, --idempotency-ttl); a retry of an
+            accepted request gets its 202 again (Idempotent-Replayed: true), not produced
         413 {"error": "too_large", ...}      body above --max-body-bytes (default 1 MiB)
         503 {"error": "unavailable", ...}    producer queue full, or Kafka did not acknowledge
             in time (broker unreachable); retry the whole request later (Retry-After: 1)

@@ -426,6 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds Kafka may take to acknowledge before the request gets 503 "
         "(default %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--header-timeout", type=_positive(float), default=10.0,
+        help="seconds a connection has to send a whole request head, from its start or its "
+        "previous answer; also how long an idle keep-alive connection stays (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--body-timeout", type=_positive(float), default=30.0,
+        help="seconds the body may take once the head is in, else 408 (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--idempotency-ttl", type=_positive(float), default=3600.0,
+        help="seconds an Idempotency-Key or transaction id is remembered, so that a retry is "
+        "not produced again (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--no-create-topics", action="store_true", help="do not create topics")
     _add_kafka(p)
 
@@ -753,6 +767,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         default_currency=args.currency.upper(),
         delivery_timeout_s=args.delivery_timeout,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        idempotency_ttl_s=args.idempotency_ttl,
         create_topics=not args.no_create_topics,
     )
     try:

@@ -4,7 +4,7 @@ The worker (undecodable or invalid transactions), the gateway, the webhook sink 
 all write the same message: a short reason code, a human-readable detail, where the failed
 record was read (topic, partition, offset), its key and its bytes. The reason and the source
 coordinates are also Kafka headers (``fraud.reason``, ``fraud.source.*``), for tools that route
-or count without decoding the body.
+or count without decoding the body, next to the ``fraud.contract`` header naming the type.
 
 A dead letter stays well below a topic's maximum message size: ``reason`` and ``detail`` are cut
 to ``MAX_REASON_BYTES`` and ``MAX_DETAIL_BYTES`` (UTF-8) with a marker saying how long they were.
@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from fraud.contracts.partitioning import CONTRACT_HEADER, DEAD_LETTER
 from fraud.contracts.wire import Rejected
 from fraud.v1.dead_letter_pb2 import DeadLetter
 
@@ -99,8 +100,10 @@ def dead_letter(
 
 
 def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The reason and the source coordinates as Kafka headers, for tools that skip the body."""
+    """The type, the reason and the source coordinates as Kafka headers, for tools that skip
+    the body."""
     return [
+        (CONTRACT_HEADER, DEAD_LETTER),
         ("fraud.reason", letter.reason.encode()),
         ("fraud.source.topic", letter.source_topic.encode()),
         ("fraud.source.partition", str(letter.source_partition).encode()),

@@ -8,6 +8,12 @@ librdkafka compute it) gives their customer_id, and write each group to that par
 explicitly, so per-customer order and the worker's state partitioning are those of records
 keyed by customer. The record has no key and the header ``fraud.contract:
 fraud.v1.TransactionBatch``; the worker checks every transaction's partition.
+
+The same header names the protobuf type of every record the project produces (``Transaction``,
+``Label``, ``Decision``, ``Alert``, ``DeadLetter``, ``EnrichedBatch``...; :func:`type_headers`),
+so that a record of one type produced onto another type's topic is refused instead of decoding
+as garbage: protobuf field numbers overlap, and a ``Decision`` parses as a ``Transaction``. A
+record without the header is taken as its topic's default type (third-party producers).
 """
 
 from __future__ import annotations
@@ -18,9 +24,28 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from fraud.v1.alert_pb2 import Alert
+from fraud.v1.dead_letter_pb2 import DeadLetter
+from fraud.v1.decision_pb2 import Decision
+from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction
+from fraud.v1.label_pb2 import Label
+from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
+
+
+def type_name(message_type: type[Message]) -> bytes:
+    """The header value naming ``message_type``: its full protobuf name (``fraud.v1.Label``)."""
+    return message_type.DESCRIPTOR.full_name.encode()
+
+
 CONTRACT_HEADER = "fraud.contract"
-TRANSACTION_BATCH = b"fraud.v1.TransactionBatch"
-ENRICHED_BATCH = b"fraud.v1.EnrichedBatch"
+TRANSACTION = type_name(Transaction)
+TRANSACTION_BATCH = type_name(TransactionBatch)
+LABEL = type_name(Label)
+DECISION = type_name(Decision)
+ALERT = type_name(Alert)
+DEAD_LETTER = type_name(DeadLetter)
+ENRICHED_TRANSACTION = type_name(EnrichedTransaction)
+ENRICHED_BATCH = type_name(EnrichedBatch)
 # Keep records well under Kafka's default 1 MB message size.
 MAX_BATCH = 1000
 
@@ -86,3 +111,8 @@ def contract_of(
         if name == CONTRACT_HEADER:
             return value
     return None
+
+
+def type_headers(message_type: bytes) -> list[tuple[str, bytes]]:
+    """The headers of a record holding one ``message_type`` (a constant above)."""
+    return [(CONTRACT_HEADER, message_type)]

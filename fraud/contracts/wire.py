@@ -14,11 +14,20 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from fraud.contracts.currency import EXPONENTS, is_known
+from fraud.contracts.partitioning import (
+    CONTRACT_HEADER,
+    ENRICHED_BATCH,
+    ENRICHED_TRANSACTION,
+    LABEL,
+    TRANSACTION,
+    TRANSACTION_BATCH,
+)
 from fraud.contracts.units import HOUR_MS
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.transaction_pb2 import Transaction
 
 MAX_UTC_OFFSET_MINUTES = 14 * 60
+# Characters (not bytes) of transaction_id, customer_id and terminal_id; longer ones are refused.
 MAX_ID_LENGTH = 256
 MAX_LATITUDE = 90.0
 MAX_LONGITUDE = 180.0
@@ -30,6 +39,25 @@ class Rejected:
 
     reason: str
     detail: str
+
+
+# The types (``fraud.contract`` header) each input topic takes; the first is what a record
+# without the header is taken to be.
+TRANSACTIONS_TAKE = (TRANSACTION, TRANSACTION_BATCH)
+LABELS_TAKE = (LABEL,)
+BY_TERMINAL_TAKE = (ENRICHED_TRANSACTION, ENRICHED_BATCH)
+
+
+def check_type(contract: bytes | None, takes: tuple[bytes, ...]) -> Rejected | None:
+    """``None`` when a record whose ``fraud.contract`` header is ``contract`` (None: no header,
+    the topic's default type) is of a type its topic takes; else a ``wrong_type`` refusal."""
+    if contract is None or contract in takes:
+        return None
+    shown = contract.decode("utf-8", "replace")
+    wanted = ", ".join(t.decode() for t in takes)
+    return Rejected(
+        "wrong_type", f"header {CONTRACT_HEADER}={shown!r}: this topic takes {wanted} only"
+    )
 
 
 def decode_transaction(value: bytes | None) -> Transaction | Rejected:

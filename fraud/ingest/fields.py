@@ -59,6 +59,7 @@ __all__ = [
     "Invalid",
     "TransactionBuilder",
     "field_of",
+    "not_utf8",
     "parse_amount",
     "parse_amount_minor",
     "parse_coordinate",
@@ -418,6 +419,18 @@ def parse_device(value: object) -> str | Invalid:
     return Invalid("device_id", "wrong_type", "not text or an integer")
 
 
+def not_utf8(texts: Mapping[str, str]) -> Invalid:
+    """The refusal of the first of ``texts`` that has no UTF-8 form: a lone surrogate, as JSON's
+    ``"\\ud800"`` decodes to."""
+    for field, text in texts.items():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            detail = f"character {exc.start} is a lone surrogate, which UTF-8 cannot hold"
+            return Invalid(field, f"invalid_{field}", detail)
+    return Invalid(None, "invalid_text", "a text field has no UTF-8 form")
+
+
 # --------------------------------------------------------------------------------------------
 # A transaction from named fields
 
@@ -536,18 +549,22 @@ class TransactionBuilder:
         if isinstance(device, Invalid):
             return device
         event_ms, time_offset = stamp
-        tx = Transaction(
-            transaction_id=tid,
-            customer_id=cid,
-            terminal_id=term,
-            amount_minor=amount,
-            currency=currency,
-            event_time_ms=event_ms,
-            utc_offset_minutes=offset if offset is not None else (time_offset or 0),
-            latitude=latitude,
-            longitude=longitude,
-            device_id=device,
-        )
+        try:
+            tx = Transaction(
+                transaction_id=tid,
+                customer_id=cid,
+                terminal_id=term,
+                amount_minor=amount,
+                currency=currency,
+                event_time_ms=event_ms,
+                utc_offset_minutes=offset if offset is not None else (time_offset or 0),
+                latitude=latitude,
+                longitude=longitude,
+                device_id=device,
+            )
+        except UnicodeEncodeError:  # protobuf strings are UTF-8
+            texts = {"transaction_id": tid, "customer_id": cid, "terminal_id": term}
+            return not_utf8({**texts, "device_id": device})
         rejected = validate_transaction(tx, now_ms, self.max_future_ms)
         if rejected is not None:
             field = field_of(rejected, tx, amount_field, time_field)

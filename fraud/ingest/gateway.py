@@ -8,6 +8,12 @@ Endpoints::
         400 {"error": reason, "detail": text, "field": name, "item": index}
             nothing of the request was produced; "item" (0-based) only for a JSON array,
             "field" when one field is to blame
+        408 {"error": "body_timeout", ...}   the body did not arrive within --body-timeout
+        409 {"error": "transaction_id_reused" | "request_in_progress", ...}
+        422 {"error": "idempotency_key_reused", ...}
+            an Idempotency-Key or transaction id remembered from an earlier request
+            (fraud.ingest.idempotency: one process, --idempotency-ttl); a retry of an
+            accepted request gets its 202 again (Idempotent-Replayed: true), not produced
         413 {"error": "too_large", ...}      body above --max-body-bytes (default 1 MiB)
         503 {"error": "unavailable", ...}    producer queue full, or Kafka did not acknowledge
             in time (broker unreachable); retry the whole request later (Retry-After: 1)
@@ -60,17 +66,20 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from fraud.broker import ensure_topics
 from fraud.contracts.currency import EXPONENTS
+from fraud.contracts.partitioning import TRANSACTION, type_headers
 from fraud.ingest.fields import Invalid as FieldInvalid
 from fraud.ingest.fields import TransactionBuilder, wall_ms
+from fraud.ingest.idempotency import PENDING, Remembered, digest
 from fraud.ingest.options import require_positive
 from fraud.kafka_config import make_producer
 from fraud.serve import run_until_signalled
@@ -85,6 +94,8 @@ __all__ = [
     "Invalid",
     "KafkaWriter",
     "QueueFull",
+    "Writer",
+    "listen",
     "make_app",
     "parse_body",
     "parse_document",
@@ -92,6 +103,7 @@ __all__ = [
     "serve_gateway",
     "start_gateway",
     "to_document",
+    "url_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -271,6 +283,9 @@ class _Pending:
             self.future.set_result(self.error)
 
 
+_TRANSACTION_HEADERS: list[tuple[str, str | bytes | None]] = [*type_headers(TRANSACTION)]
+
+
 class KafkaWriter:
     """One confluent-kafka producer; ``send`` awaits the broker's acks without blocking the loop.
 
@@ -305,6 +320,7 @@ class KafkaWriter:
                     self.topic,
                     key=tx.customer_id.encode(),
                     value=tx.SerializeToString(),
+                    headers=_TRANSACTION_HEADERS,
                     on_delivery=pending.report,
                 )
             except BufferError:
@@ -347,6 +363,17 @@ class GatewayConfig:
     port: int = 8080  # 0: any free port (see Gateway.url)
     max_body_bytes: int = 1 << 20
     default_currency: str = "EUR"
+    # A connection must deliver a whole request head (request line and headers) within this of
+    # opening or of its previous response, else it is closed: a slow client (slow-loris) and an
+    # idle keep-alive connection hold a socket no longer than this.
+    header_timeout_s: float = 10.0
+    # Once the head is in, the body must arrive within this, else 408 and the connection closes.
+    body_timeout_s: float = 30.0
+    # How long, and for how many, accepted requests (Idempotency-Key) and transaction ids are
+    # remembered so that a retry is not produced twice (fraud.ingest.idempotency).
+    idempotency_ttl_s: float = 3600.0
+    idempotency_max_keys: int = 10_000
+    idempotency_max_ids: int = 1_000_000
     # How long Kafka may take to acknowledge a record before the request gets a 503.
     delivery_timeout_s: float = 10.0
     # Records waiting in the producer; a request that does not fit gets a 503.
@@ -359,15 +386,42 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.default_currency not in EXPONENTS:
             raise ValueError(f"unknown default currency {self.default_currency!r}")
-        require_positive(self, "max_body_bytes", "delivery_timeout_s", "max_queue")
+        require_positive(
+            self,
+            "max_body_bytes",
+            "delivery_timeout_s",
+            "max_queue",
+            "header_timeout_s",
+            "body_timeout_s",
+            "idempotency_ttl_s",
+            "idempotency_max_keys",
+            "idempotency_max_ids",
+        )
+
+
+class Writer(Protocol):
+    """Where accepted transactions go (:class:`KafkaWriter`; a fake in tests)."""
+
+    async def send(self, txs: Sequence[Transaction]) -> None: ...
+
+
+# The answer of an accepted request: status and JSON body.
+Answer = tuple[int, dict[str, Any]]
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_IDEMPOTENCY_KEY = 255
+MAX_LINGER_S = 2.0
 
 
 @dataclass(frozen=True)
 class _State:
     settings: Settings
     config: GatewayConfig
-    writer: KafkaWriter
+    writer: Writer
     clock: Callable[[], int]
+    keys: Remembered[Answer]  # by Idempotency-Key
+    ids: Remembered[None]  # by transaction id
 
 
 _STATE = web.AppKey("gateway", _State)
@@ -378,16 +432,71 @@ def _error(status: int, reason: str, detail: str, **headers: str) -> web.Respons
     return web.json_response({"error": reason, "detail": detail}, status=status, headers=headers)
 
 
+def _replayed(answer: Answer) -> web.Response:
+    status, body = answer
+    return web.json_response(body, status=status, headers={REPLAYED_HEADER: "true"})
+
+
+def _fresh(ids: Remembered[None], txs: Sequence[Transaction]) -> list[Transaction] | Invalid:
+    """The transactions of ``txs`` not accepted before (nor earlier in ``txs``), or why the
+    request is refused: an id accepted with other content, or one still in flight."""
+    fresh: list[Transaction] = []
+    seen: dict[str, bytes] = {}
+    for i, tx in enumerate(txs):
+        tx_id = tx.transaction_id
+        tx_digest = digest(tx.SerializeToString())
+        before = ids.get(tx_id)
+        first = seen.get(tx_id) if before is None else before[0]
+        if first is None:
+            seen[tx_id] = tx_digest
+            fresh.append(tx)
+        elif first != tx_digest:
+            detail = f"transaction_id {tx_id!r} was accepted with other content"
+            return Invalid("transaction_id_reused", detail, "transaction_id", i)
+        elif before is not None and before[1] is PENDING:
+            detail = f"transaction_id {tx_id!r} is in a request still in progress; retry later"
+            return Invalid("request_in_progress", detail, "transaction_id", i)
+    return fresh
+
+
+def _refusal(invalid: Invalid, txs_count: int) -> web.Response:
+    body = invalid.to_json()
+    if txs_count == 1:
+        body.pop("item", None)
+    return web.json_response(body, status=409)
+
+
 async def _post_transactions(request: web.Request) -> web.Response:
     state = request.app[_STATE]
     limit = state.config.max_body_bytes
     too_large = f"body larger than {limit:,} bytes; split the batch"
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        detail = f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        return _error(400, "invalid_idempotency_key", detail)
     if request.content_length is not None and request.content_length > limit:
         return _error(413, "too_large", too_large)
     try:
-        body = await request.read()
+        body = await asyncio.wait_for(request.read(), state.config.body_timeout_s)
     except web.HTTPRequestEntityTooLarge:  # chunked body beyond client_max_size
         return _error(413, "too_large", too_large)
+    except TimeoutError:
+        timeout = state.config.body_timeout_s
+        response = _error(408, "body_timeout", f"the body did not arrive within {timeout:g} s")
+        response.force_close()
+        return response
+    body_digest = digest(body)
+    if key is not None:
+        seen = state.keys.get(key)
+        if seen is not None:
+            first, remembered = seen
+            if first != body_digest:
+                detail = f"{IDEMPOTENCY_HEADER} {key!r} was used for another body"
+                return _error(422, "idempotency_key_reused", detail)
+            if isinstance(remembered, tuple):
+                return _replayed(remembered)
+            detail = f"the request of {IDEMPOTENCY_HEADER} {key!r} is in progress; retry later"
+            return _error(409, "request_in_progress", detail)
     parse = functools.partial(
         parse_body,
         body,
@@ -400,18 +509,40 @@ async def _post_transactions(request: web.Request) -> web.Response:
     if isinstance(parsed, Invalid):
         return web.json_response(parsed.to_json(), status=400)
     txs = parsed
+    fresh = _fresh(state.ids, txs)
+    if isinstance(fresh, Invalid):
+        return _refusal(fresh, len(txs))
+    answer: Answer = (202, {"accepted": len(txs), "ids": [tx.transaction_id for tx in txs]})
+    if not fresh:  # every one accepted before: a retry
+        if key is not None:
+            state.keys.store(key, body_digest, answer)
+        return _replayed(answer)
+    held = [tx.transaction_id for tx in fresh]
+    for tx in fresh:
+        state.ids.hold(tx.transaction_id, digest(tx.SerializeToString()))
+    if key is not None:
+        state.keys.hold(key, body_digest)
     try:
         # A safety net over message.timeout.ms, which settles every record on its own.
-        await asyncio.wait_for(state.writer.send(txs), state.config.delivery_timeout_s + 5.0)
-    except QueueFull as exc:
-        return _error(503, "unavailable", f"{exc}; retry later", **{"Retry-After": "1"})
-    except (DeliveryError, TimeoutError) as exc:
-        log.warning("%s", exc or "no delivery report in time")
-        detail = str(exc) or "Kafka did not acknowledge in time"
-        return _error(503, "unavailable", f"{detail}; retry later", **{"Retry-After": "1"})
-    return web.json_response(
-        {"accepted": len(txs), "ids": [tx.transaction_id for tx in txs]}, status=202
-    )
+        await asyncio.wait_for(state.writer.send(fresh), state.config.delivery_timeout_s + 5.0)
+    except BaseException as exc:
+        # Not accepted (or not known to be): a retry must produce for real.
+        for tx_id in held:
+            state.ids.forget(tx_id)
+        if key is not None:
+            state.keys.forget(key)
+        if isinstance(exc, QueueFull):
+            return _error(503, "unavailable", f"{exc}; retry later", **{"Retry-After": "1"})
+        if isinstance(exc, DeliveryError | TimeoutError):
+            log.warning("%s", exc or "no delivery report in time")
+            detail = str(exc) or "Kafka did not acknowledge in time"
+            return _error(503, "unavailable", f"{detail}; retry later", **{"Retry-After": "1"})
+        raise
+    for tx in fresh:
+        state.ids.store(tx.transaction_id, digest(tx.SerializeToString()), None)
+    if key is not None:
+        state.keys.store(key, body_digest, answer)
+    return web.json_response(answer[1], status=answer[0])
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -421,14 +552,52 @@ async def _healthz(request: web.Request) -> web.Response:
 def make_app(
     settings: Settings,
     config: GatewayConfig,
-    writer: KafkaWriter,
+    writer: Writer,
     clock: Callable[[], int] = wall_ms,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
+    """The gateway's routes; ``clock`` (epoch ms) checks event times, ``monotonic`` (seconds)
+    times what is remembered for idempotency."""
     app = web.Application(client_max_size=config.max_body_bytes)
-    app[_STATE] = _State(settings, config, writer, clock)
+    ttl = config.idempotency_ttl_s
+    keys: Remembered[Answer] = Remembered(ttl, config.idempotency_max_keys, monotonic)
+    ids: Remembered[None] = Remembered(ttl, config.idempotency_max_ids, monotonic)
+    app[_STATE] = _State(settings, config, writer, clock, keys, ids)
     app.router.add_post("/v1/transactions", _post_transactions)
     app.router.add_get("/healthz", _healthz)
     return app
+
+
+async def listen(app: web.Application, config: GatewayConfig) -> web.AppRunner:
+    """Serve ``app`` on ``config.host:port`` with the connection timeouts of ``config``.
+
+    aiohttp's keep-alive timer runs from a connection's start and from each response, and
+    closes the connection when no complete request head has arrived by then: it bounds slow
+    heads and idle keep-alive connections alike (``header_timeout_s``). The body's own bound
+    is in the handler (``body_timeout_s``).
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_timeout_s,
+        keepalive_timeout=config.header_timeout_s,
+        # After an answer sent before the whole body was read (408, 413), the rest of the body
+        # is read and dropped for at most this long, then the connection closes.
+        lingering_time=min(config.body_timeout_s, MAX_LINGER_S),
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def url_of(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
 
 
 class Gateway:
@@ -438,8 +607,7 @@ class Gateway:
         self.runner = runner
         self.writer = writer
         self.config = config
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = url_of(runner)
 
     async def stop(self) -> int:
         """Stop; the number of records Kafka had not acknowledged by the end of the flush."""
@@ -460,17 +628,9 @@ async def start_gateway(
     writer = KafkaWriter(
         open_producer(settings.brokers, config), settings.topic_names.transactions, config.max_queue
     )
-    runner = web.AppRunner(
-        make_app(settings, config, writer, clock),
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=config.shutdown_timeout_s,
-    )
     try:
-        await runner.setup()
-        await web.TCPSite(runner, config.host, config.port).start()
+        runner = await listen(make_app(settings, config, writer, clock), config)
     except BaseException:
-        await runner.cleanup()
         writer.close(0)
         raise
     return Gateway(runner, writer, config)

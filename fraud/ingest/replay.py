@@ -24,10 +24,12 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from fraud.contracts.partitioning import (
-    CONTRACT_HEADER,
+    LABEL,
     MAX_BATCH,
+    TRANSACTION,
     TRANSACTION_BATCH,
     partition_for,
+    type_headers,
 )
 from fraud.ingest.files import ColumnMapping, Source, label_for, open_source
 from fraud.ingest.options import require_positive
@@ -35,6 +37,11 @@ from fraud.kafka_config import make_producer, produce
 from fraud.settings import Settings
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
+
+# Every record names its type (fraud.contracts.partitioning).
+TRANSACTION_HEADERS = type_headers(TRANSACTION)
+BATCH_HEADERS = type_headers(TRANSACTION_BATCH)
+LABEL_HEADERS = type_headers(LABEL)
 
 
 class ReplayError(RuntimeError):
@@ -141,8 +148,7 @@ class _Batcher:
 
     def _send(self, partition: int, group: list[Transaction]) -> None:
         value = TransactionBatch(transactions=group).SerializeToString()
-        headers = [(CONTRACT_HEADER, TRANSACTION_BATCH)]
-        self.sender.send(self.topic, None, value, partition=partition, headers=headers)
+        self.sender.send(self.topic, None, value, partition=partition, headers=BATCH_HEADERS)
 
     def flush(self) -> None:
         for partition, group in self.pending.items():
@@ -200,7 +206,7 @@ def replay(
         n = 0
         while pending and (until_ms is None or pending[0][0] <= until_ms):
             _, _, key, value = heapq.heappop(pending)
-            sender.send(names.labels, key, value)
+            sender.send(names.labels, key, value, headers=LABEL_HEADERS)
             n += 1
         return n
 
@@ -230,7 +236,12 @@ def replay(
             if batcher is not None:
                 batcher.add(tx)
             else:
-                sender.send(names.transactions, tx.customer_id.encode(), tx.SerializeToString())
+                sender.send(
+                    names.transactions,
+                    tx.customer_id.encode(),
+                    tx.SerializeToString(),
+                    headers=TRANSACTION_HEADERS,
+                )
             if label_delay_ms is not None and not (fraud_labels_only and not row.fraud):
                 label: Label | None = label_for(row, label_delay_ms)
                 if label is not None:

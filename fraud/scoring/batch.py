@@ -1,9 +1,10 @@
 """The columnar batch the stages pass along, and the parsing of records into it.
 
 ``parse_transactions`` turns the customer stage's records (one ``Transaction``, or a
-``TransactionBatch`` under the ``fraud.contract`` header) into valid transactions and dead
-letters; the customer stage turns those into ``Enriched`` columns. ``decode_enriched`` turns
-the terminal stage's records (the by-terminal repartition topic) back into ``Enriched``.
+``TransactionBatch`` under the ``fraud.contract`` header; any other type named there is
+dead-lettered as ``wrong_type``) into valid transactions and dead letters; the customer stage
+turns those into ``Enriched`` columns. ``decode_enriched`` turns the terminal stage's records
+(the by-terminal repartition topic) back into ``Enriched``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fraud.contracts.dead_letter import dead_letter
-from fraud.contracts.partitioning import (
-    CONTRACT_HEADER,
-    ENRICHED_BATCH,
-    TRANSACTION_BATCH,
-    partition_for,
-)
+from fraud.contracts.partitioning import ENRICHED_BATCH, TRANSACTION_BATCH, partition_for
 from fraud.contracts.records import RawRecord
 from fraud.contracts.units import CUSTOMER_STAGE_FEATURES
-from fraud.contracts.wire import Rejected, parse_transaction, validate_transaction
+from fraud.contracts.wire import (
+    BY_TERMINAL_TAKE,
+    TRANSACTIONS_TAKE,
+    Rejected,
+    check_type,
+    parse_transaction,
+    validate_transaction,
+)
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
@@ -136,14 +139,12 @@ def parse_transactions(
     """
     out = Parsed()
     for rec in records:
+        wrong = check_type(rec.contract, TRANSACTIONS_TAKE)
+        if wrong is not None:
+            dead.append(reject(rec, wrong, now_ms))
+            continue
         if rec.contract == TRANSACTION_BATCH:
             _parse_batch(rec, now_ms, max_future_ms, dead, partitions, out)
-            continue
-        if rec.contract is not None:
-            rejected = Rejected(
-                "unknown_contract", f"header {CONTRACT_HEADER}={rec.contract!r} is not known"
-            )
-            dead.append(reject(rec, rejected, now_ms))
             continue
         parsed = parse_transaction(rec.value, now_ms, max_future_ms)
         if not isinstance(parsed, Rejected) and rec.key != parsed.customer_id.encode():
@@ -209,6 +210,10 @@ def decode_enriched(
     parts: list[int] = []
     dead: list[DeadLetter] = []
     for rec in records:
+        wrong = check_type(rec.contract, BY_TERMINAL_TAKE)
+        if wrong is not None:
+            dead.append(reject(rec, wrong, now_ms))
+            continue
         try:
             if rec.contract == ENRICHED_BATCH:
                 received = list(EnrichedBatch.FromString(rec.value or b"").items)

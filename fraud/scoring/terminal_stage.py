@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from fraud.contracts.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
 from fraud.contracts.records import RawRecord, alert_for
 from fraud.contracts.units import ALL_FEATURES, NO_TIME
-from fraud.contracts.wire import Rejected
+from fraud.contracts.wire import LABELS_TAKE, Rejected, check_type
 from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 from fraud.model.scoring import score
 from fraud.model.table import ModelTable
@@ -83,6 +83,10 @@ class TerminalStage:
         result.label_times = times = [NO_TIME] * len(records)
         now_ms = self.clock()
         for i, rec in enumerate(records):
+            wrong = check_type(rec.contract, LABELS_TAKE)
+            if wrong is not None:
+                result.dead_letters.append(reject(rec, wrong, now_ms))
+                continue
             label = Label()
             try:
                 label.ParseFromString(rec.value or b"")

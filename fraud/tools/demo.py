@@ -23,8 +23,10 @@ from pathlib import Path
 from confluent_kafka import Consumer
 
 from fraud.broker import LOCAL_BROKER, BrokerChoice, broker_in_use, ensure_topics
+from fraud.contracts.partitioning import TRANSACTION, type_headers
 from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS
 from fraud.ingest.replay import Pacing, ReplayStats, producer, replay
+from fraud.kafka_config import produce
 from fraud.scoring.warmup import warmup
 from fraud.settings import Settings
 from fraud.sinks.webhooks.envelope import percentile
@@ -101,6 +103,8 @@ class DemoSummary:
         ]
 
 
+# Sent as transactions (fraud.contracts.partitioning), so they fail on what they hold.
+BAD_HEADERS = type_headers(TRANSACTION)
 BAD_MESSAGES: list[tuple[bytes, bytes]] = [
     (b"bad-1", b"\xff\xfenot a protobuf"),
     (
@@ -353,7 +357,7 @@ def run_demo(
                 )
                 bad = producer(settings.brokers)
                 for key, value in BAD_MESSAGES:
-                    bad.produce(names.transactions, key=key, value=value)
+                    produce(bad, names.transactions, value, key=key, headers=BAD_HEADERS)
                 bad.flush(30)
                 # Opened now, not during the replay: an idle consumer re-fetches in a loop
                 # against the embedded broker and would take CPU from the worker.

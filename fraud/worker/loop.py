@@ -21,10 +21,13 @@ from typing import Protocol
 
 from fraud.contracts.dead_letter import dead_letter_record
 from fraud.contracts.partitioning import (
+    ALERT,
     CONTRACT_HEADER,
+    DECISION,
     ENRICHED_BATCH,
     group_by_partition,
     partition_for,
+    type_headers,
 )
 from fraud.contracts.records import RawRecord
 from fraud.contracts.units import NO_TIME
@@ -76,7 +79,11 @@ Held = tuple[Transaction, RawRecord, int, Event]
 
 
 class Outputs:
-    """Decisions, alerts and dead letters, queued on the emitter and counted."""
+    """Decisions, alerts and dead letters, queued on the emitter and counted; each record names
+    its type in the ``fraud.contract`` header (``fraud.contracts.partitioning``)."""
+
+    DECISION_HEADERS = type_headers(DECISION)
+    ALERT_HEADERS = type_headers(ALERT)
 
     def __init__(self, emitter: Emitter, metrics: WorkerMetrics, names: Topics) -> None:
         self.emitter = emitter
@@ -104,11 +111,15 @@ class Outputs:
         self.metrics.record_actions(result.action_counts)
         self.metrics.record_latencies(result.decided_at_ms, result.event_times, result.ingested)
         self.metrics.record_alerts(result.alerts)
+        decisions, headers = self.names.decisions, self.DECISION_HEADERS
         for key, value in zip(result.keys, result.encoded, strict=True):
-            self.emitter.send(self.names.decisions, key, value)
+            self.emitter.send(decisions, key, value, headers=headers)
         for alert in result.alerts:
             self.emitter.send(
-                self.names.alerts, alert.decision.customer_id.encode(), alert.SerializeToString()
+                self.names.alerts,
+                alert.decision.customer_id.encode(),
+                alert.SerializeToString(),
+                headers=self.ALERT_HEADERS,
             )
         self.dead([*dead, *result.dead_letters])
 

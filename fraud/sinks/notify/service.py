@@ -150,6 +150,8 @@ class Dispatcher:
         self._breakers = {
             ch: CircuitBreaker(d.breaker_failures, d.breaker_reset_s) for ch in senders
         }
+        # Per channel: the last failure that counted for its breaker, said when it is open.
+        self._last_failure: dict[str, str] = {}
         for route in config.routes:
             self.metrics.route(route.name, route.channel)
         for channel, breaker in self._breakers.items():
@@ -228,7 +230,9 @@ class Dispatcher:
         sender = self.senders[item.channel]
         breaker = self._breakers[item.channel]
         if not breaker.allow(self.monotonic()):
-            return f"circuit open: {item.channel} failed {breaker.consecutive_failures} times", 0
+            last = self._last_failure.get(item.channel, "unknown")
+            state = f"circuit open: {item.channel} failed {breaker.consecutive_failures} times"
+            return f"{last} (last failure; {state})", 0
         attempt = 0
         reason = "not sent"
         while attempt < d.attempts:
@@ -256,6 +260,7 @@ class Dispatcher:
                 breaker.record_success()
                 return None, attempt
         breaker.record_failure(self.monotonic())
+        self._last_failure[item.channel] = reason
         return f"{reason} (after {attempt} attempts)", attempt
 
     async def _send(self, sender: Sender, item: Notification) -> None:
@@ -344,6 +349,8 @@ async def run_notifier(
             # answered early when records arrive; see fraud/sinks/webhooks/service.py
             fetch_max_wait_ms=500,
             metadata_max_age_ms=30_000,
+            # alerts of a worker transaction that aborted are never read, hence never notified
+            isolation_level="read_committed",
         ),
     )
     producer = AIOKafkaProducer(

@@ -199,6 +199,15 @@ class WebhookStats:
 # ---------------------------------------------------------------- delivery
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    status: int | None
+    error: str
+    retry_after: str | None
+    called: bool
+    circuit: str = ""  # not called: the open breaker's state
+
+
 @dataclass
 class _Endpoint:
     sub: Subscription
@@ -206,14 +215,18 @@ class _Endpoint:
     breaker: CircuitBreaker
     metrics: EndpointMetrics
     pending: int = 0
+    # The last attempt that reached the endpoint and counted as a failure for its breaker.
+    last_failure: _Attempt | None = None
 
-
-@dataclass(frozen=True)
-class _Attempt:
-    status: int | None
-    error: str
-    retry_after: str | None
-    called: bool
+    def short_circuited(self) -> _Attempt:
+        """The outcome of a delivery the open breaker did not let through: the endpoint's last
+        real failure (HTTP 500, a timeout), with the breaker's state said in the error."""
+        failures = self.breaker.consecutive_failures
+        state = f"circuit {self.breaker.state.value} after {failures} consecutive failures"
+        last = self.last_failure
+        if last is None:
+            return _Attempt(None, state, None, False, state)
+        return _Attempt(last.status, f"{last.error} (last answer; {state})", None, False, state)
 
 
 class _Sink:
@@ -319,6 +332,8 @@ class _Sink:
         series = self.metrics.endpoint(sub.id)
         series.breaker(breaker.state)
         fresh = _Endpoint(sub, asyncio.Semaphore(sub.max_concurrency), breaker, series)
+        if current is not None and breaker is current.breaker:
+            fresh.last_failure = current.last_failure
         self.endpoints[sub.id] = fresh
         return fresh
 
@@ -349,8 +364,7 @@ class _Sink:
                 else:
                     self.stats.short_circuited += 1
                     endpoint.metrics.short_circuited()
-                    failures = endpoint.breaker.consecutive_failures
-                    result = _Attempt(None, f"circuit open ({failures} failures)", None, False)
+                    result = endpoint.short_circuited()
         finally:
             endpoint.pending -= 1
         await self.route(envelope, sub, endpoint, result)
@@ -408,6 +422,7 @@ class _Sink:
                 endpoint.breaker.record_success()  # it answered: the endpoint is up
             elif status != 429:
                 endpoint.breaker.record_failure(now)
+                endpoint.last_failure = result
             endpoint.metrics.breaker(endpoint.breaker.state)
         after = envelope.after_attempt(
             url=sub.url, now_ms=now_ms, status=result.status, error=result.error
@@ -429,7 +444,10 @@ class _Sink:
             log.debug("%s: %s, retry level %d", after.event_id, result.error, step.retry_level)
             return
         code = NOT_RETRYABLE if classification.outcome is Outcome.GIVE_UP else ATTEMPTS_EXHAUSTED
-        await self.dead_letter(after, Rejected(code, f"{step.reason}: {classification.reason}"))
+        detail = f"{step.reason}: {classification.reason}"
+        if result.circuit:
+            detail += f"; not called, {result.circuit}"
+        await self.dead_letter(after, Rejected(code, detail))
 
     async def defer(self, envelope: Envelope, endpoint: _Endpoint) -> None:
         """Hand a delivery to the retry topic without an attempt (its endpoint is saturated)."""
@@ -541,6 +559,8 @@ def _consumer(settings: Settings, group: str) -> Any:
             auto_offset_reset="earliest",  # a new group delivers what is already on the topic
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             max_poll_records=500,
+            # alerts of a worker transaction that aborted are never read, hence never delivered
+            isolation_level="read_committed",
         )
     )
 

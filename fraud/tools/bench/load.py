@@ -22,7 +22,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
 
 from fraud.broker import TopicSpec, ensure_topics
-from fraud.contracts.partitioning import CONTRACT_HEADER, TRANSACTION_BATCH, group_by_partition
+from fraud.contracts.partitioning import (
+    CONTRACT_HEADER,
+    TRANSACTION,
+    TRANSACTION_BATCH,
+    group_by_partition,
+)
 from fraud.kafka_config import aiokafka_config, make_producer
 from fraud.settings import Settings
 from fraud.tools.bench.report import LatencyRecorder
@@ -221,8 +226,9 @@ def run_load(
                     due.append(tx)
                 else:
                     producer.produce(
-                        topic, key=keys[i], value=tx.SerializeToString(), timestamp=at_ms
-                    )
+                        topic, key=keys[i], value=tx.SerializeToString(), timestamp=at_ms,
+                        headers=[(CONTRACT_HEADER, TRANSACTION)],
+                    )  # fmt: skip
                 i += 1
             if due:
                 # What fell due together goes as one TransactionBatch per partition.

@@ -72,6 +72,7 @@ def test_dead_letter_headers() -> None:
     headers = dead_letter_headers(letter)
     assert all(isinstance(k, str) and isinstance(v, bytes) for k, v in headers)
     assert dict(headers) == {
+        "fraud.contract": b"fraud.v1.DeadLetter",
         "fraud.reason": b"invalid_amount",
         "fraud.source.topic": b"prod-transactions",
         "fraud.source.partition": b"7",

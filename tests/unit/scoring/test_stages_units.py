@@ -699,7 +699,7 @@ def test_transaction_batch_records_are_checked_item_by_item() -> None:
         ("invalid_amount", 7, b"alice", items[1].SerializeToString()),
         ("wrong_partition", 7, stranger.encode(), items[2].SerializeToString()),
         ("decode_error", 8, b"", GARBAGE),
-        ("unknown_contract", 9, b"", b""),
+        ("wrong_type", 9, b"", b""),
     ]
     assert result.dead_letters[0].detail.startswith("item 1: ")
     assert CONTRACT_HEADER in result.dead_letters[3].detail

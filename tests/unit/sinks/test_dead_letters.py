@@ -169,6 +169,34 @@ def test_the_sink_dead_letters_a_client_error_with_the_last_attempt(tmp_path: Pa
     assert after.first_attempt_ms == after.last_attempt_ms == NOW_MS
 
 
+def test_a_short_circuited_delivery_is_dead_lettered_with_the_last_real_failure(
+    tmp_path: Path,
+) -> None:
+    sink, producer = webhook_sink(tmp_path, SUBSCRIPTION)
+    sink.breaker_factory = lambda: CircuitBreaker(1, 30.0)  # one failure opens it
+    calls: list[str] = []
+
+    async def always_500(sub: object, env: Envelope, metrics: object) -> _Attempt:
+        calls.append(env.event_id)
+        return _Attempt(500, "HTTP 500: down", None, True)
+
+    sink.post = always_500  # type: ignore[assignment,method-assign]
+    last_try = envelope(attempt=2)  # RetryPolicy(delays=(0.2, 0.5)): the third is the last
+    asyncio.run(sink.process(last_try))
+    asyncio.run(sink.process(replace(last_try, event_id="alert-2:risk", alert_id="alert-2")))
+    assert calls == ["alert-1:risk"]  # the breaker kept the second from the endpoint
+    first, second = (decode_dead_letter(sent.value) for sent in producer.sent)
+    assert first.reason == second.reason == "attempts_exhausted"
+    assert first.detail == "attempts exhausted (3 of 3): HTTP 500 (retryable)"
+    assert second.detail == (
+        "attempts exhausted (3 of 3): HTTP 500 (retryable); "
+        "not called, circuit open after 1 consecutive failures"
+    )
+    after = envelope_of(second)
+    assert after.last_status == 500 and after.last_error.startswith("HTTP 500: down (last answer")
+    assert sink.stats.short_circuited == 1
+
+
 # ---------------------------------------------------------------- notifier
 
 

@@ -409,7 +409,8 @@ def test_dispatcher_gives_up_and_the_breaker_opens() -> None:
     assert (first[0].source_topic, first[0].source_offset, first[0].key) == ("alerts", 1, b"C1")
     asyncio.run(d.handle(d.config.routes, value))
     third = asyncio.run(d.handle(d.config.routes, value))  # 2 failures: breaker open
-    assert third[0].detail.startswith("circuit open: email failed 2 times")
+    # the last real failure, not the breaker, is the cause; the breaker's state follows
+    assert third[0].detail.startswith("refused (last failure; circuit open: email failed 2 times)")
     assert len(errors) == 0 and d.stats.failed == 3
     # a permanent error is not retried
     sender2 = FakeSender([SendError("550 no such user", retryable=False)])

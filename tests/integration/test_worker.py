@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud.broker import ensure_topics, free_port
+from fraud.contracts.partitioning import DECISION, type_headers
 from fraud.contracts.units import ALL_FEATURES, DAY_MS
 from fraud.ingest.replay import Pacing, replay
 from fraud.reference.rules import reference_evaluate_many
@@ -202,7 +203,7 @@ def test_bad_messages_go_to_dead_letters(settings: Settings, tmp_path: Path) -> 
             currency="EUR",
             event_time_ms=base + i * 1000,
         )
-        for i in range(6)
+        for i in range(7)
     ]
     bad: list[tuple[bytes | None, bytes, str]] = [
         (b"x", b"\x00\x01garbage\xff", "decode_error"),
@@ -218,6 +219,9 @@ def test_bad_messages_go_to_dead_letters(settings: Settings, tmp_path: Path) -> 
         (b"c9", Transaction(customer_id="c9", terminal_id="t", amount_minor=1, currency="EUR",
                             event_time_ms=base).SerializeToString(), "missing_transaction_id"),
         (b"c8", good[0].SerializeToString(), "wrong_key"),
+        # A Decision decodes as a valid Transaction (field numbers overlap): its header says.
+        (b"c9", Decision(transaction_id="d-1", customer_id="c9", terminal_id="t",
+                         score=0.5).SerializeToString(), "wrong_type"),
     ]  # fmt: skip
     producer = Producer({"bootstrap.servers": settings.brokers})
     delivered: dict[bytes, tuple[int, int]] = {}
@@ -232,8 +236,12 @@ def test_bad_messages_go_to_dead_letters(settings: Settings, tmp_path: Path) -> 
                 names.transactions, key=tx.customer_id.encode(), value=tx.SerializeToString()
             )
             if i < len(bad):
-                key, value, _ = bad[i]
-                producer.produce(names.transactions, key=key, value=value, on_delivery=on_delivery)
+                key, value, reason = bad[i]
+                headers = type_headers(DECISION) if reason == "wrong_type" else None
+                producer.produce(
+                    names.transactions, key=key, value=value, headers=headers,
+                    on_delivery=on_delivery,
+                )  # fmt: skip
         producer.flush(30)
         letters = [x for x, _ in read_topic(settings, names.dead_letters, DeadLetter, len(bad))]
         decisions = [d for d, _ in read_topic(settings, names.decisions, Decision, len(good))]

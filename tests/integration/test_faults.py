@@ -33,7 +33,7 @@ def pid_alive(pid: int) -> bool:
 def test_sigkills_and_a_graceful_restart_lose_repeat_and_change_no_decision(
     tmp_path: Path, java: None
 ) -> None:
-    suite = Suite(SuiteConfig(transactions=2000, seed=0, workdir=tmp_path), say=print)
+    suite = Suite(SuiteConfig(transactions=2000, seed=0, workdir=tmp_path, stall_s=30.0), say=print)
     try:
         suite.start()
         brokers = suite.cluster.kafka.pids

@@ -159,8 +159,13 @@ class MalformedSource:
         decision = Decision(
             transaction_id=tx.transaction_id, customer_id=tx.customer_id,
             terminal_id=tx.terminal_id, amount_minor=tx.amount_minor, currency=tx.currency,
-            event_time_ms=tx.event_time_ms, action=Action.ALLOW, score=0.25, features={"x": 1.0},
+            event_time_ms=tx.event_time_ms, action=Action.ALLOW, features={"x": 1.0},
+            rules_fired=["r1"],
         )  # fmt: skip
+        # With a score, field 8 reads as a latitude without a longitude (refused by luck);
+        # without one, the Decision's bytes are a valid Transaction: only a type check refuses.
+        if n % 2:
+            decision.score = 0.25
         return Malformed("decision", self._key(n), decision.SerializeToString())
 
     def _alert(self, n: int) -> Malformed:

@@ -198,7 +198,7 @@ class Row:
 
 HEADER = (
     f"{'scenario':<18}{'faults':>7}{'sent':>8}{'read':>8}{'missing':>9}{'dup':>7}"
-    f"{'differ':>8}{'alerts':>13}{'dead':>10}{'recovery':>10}  target"
+    f"{'differ':>8}{'alerts':>14}{'dead letters':>18}{'recovery':>10}  target"
 )
 
 
@@ -215,6 +215,6 @@ def table_line(row: Row) -> str:
     alerts = f"{c.alerts_read:,}/{c.alerts_expected:,}"
     return (
         f"{row.scenario:<18}{row.faults:>7}{c.sent:>8,}{c.read:>8,}{c.missing:>9,}"
-        f"{c.duplicated:>7,}{c.differing:>8,}{alerts:>13}{dead:>10}{recovery:>10}  {verdict}"
+        f"{c.duplicated:>7,}{c.differing:>8,}{alerts:>14}{dead:>18}{recovery:>10}  {verdict}"
         + (f" ({row.error})" if row.error else "")
     )

@@ -57,7 +57,7 @@ class ScenarioRun:
     def __init__(
         self, cluster: Cluster, scenario: Scenario, path: Path, transactions: int,
         workdir: Path, seed: int, say: Say, rate: float | None = None,
-        timeout_s: float = 600.0,
+        timeout_s: float = 900.0, stall_s: float = 60.0,
     ) -> None:  # fmt: skip
         self.cluster = cluster
         self.scenario = scenario
@@ -68,6 +68,7 @@ class ScenarioRun:
         self.say = say
         self.rate = rate or replay_rate(scenario, transactions)
         self.timeout_s = timeout_s
+        self.stall_s = stall_s  # the replay done, this long with nothing new: stalled
         self.settings = fault_settings(cluster.bootstrap, scenario.name, workdir)
         self.workers: list[WorkerProcess] = []
         self.added: list[WorkerProcess] = []
@@ -193,8 +194,11 @@ class ScenarioRun:
             quiet = time.monotonic() - self.reader.last_message_s
             if complete and quiet >= SETTLE_S:
                 break
-            if not complete and quiet >= 60.0 and time.monotonic() > deadline - self.timeout_s / 2:
-                errors.append(f"nothing new for 60 s with {decided:,} decided, {dead:,} dead")
+            if not complete and quiet >= self.stall_s:
+                errors.append(
+                    f"nothing new for {self.stall_s:.0f} s with {decided:,} decided, "
+                    f"{dead:,} dead letters"
+                )
                 break
             if time.monotonic() > deadline:
                 errors.append(f"timed out with {decided:,} decided, {dead:,} dead letters")
@@ -273,6 +277,7 @@ class SuiteConfig:
     workdir: Path = Path("/tmp/fraud-faults")  # noqa: S108 - replaced by the caller
     clean_rate: float = 500.0  # the clean run's replay rate (transactions/s)
     rate: float | None = None  # fault runs' rate; None: spread over each scenario's faults
+    stall_s: float = 60.0  # a run whose output stops this long short of complete ends
 
 
 def write_input(path: Path, transactions: int, seed: int) -> list[str]:
@@ -323,6 +328,7 @@ class Suite:
         self._run = ScenarioRun(
             self.cluster, scenario, self.path, len(self.sent),
             self.config.workdir / scenario.name, self.config.seed, self.say, rate=rate,
+            stall_s=self.config.stall_s,
         )  # fmt: skip
         try:
             return self._run.run()

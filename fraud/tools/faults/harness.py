@@ -365,6 +365,32 @@ class MalformedWriter:
             self._thread.join(150)
 
 
+def group_lag(settings: Settings) -> list[str]:
+    """Where the workers' consumer group is behind: ``topic[partition] committed/end`` for each
+    partition of the scenario's topics with records past the group's committed offset (read
+    without joining the group)."""
+    consumer = make_consumer(settings, **{"group.id": settings.app_id})
+    out: list[str] = []
+    try:
+        meta = consumer.list_topics(timeout=10)
+        tps = [
+            TopicPartition(name, p)
+            for name, topic in sorted(meta.topics.items())
+            if name.startswith(settings.topic_prefix)
+            for p in sorted(topic.partitions)
+        ]
+        for tp in consumer.committed(tps, timeout=10):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            done = max(tp.offset, 0)
+            if high > done:
+                out.append(f"{tp.topic}[{tp.partition}] {tp.offset}/{high}")
+    except KafkaException as exc:
+        out.append(f"lag unknown: {exc}")
+    finally:
+        consumer.close()
+    return out
+
+
 def make_topics(settings: Settings) -> None:
     ensure_topics(settings)
 

@@ -17,6 +17,7 @@ from fraud.tools.faults.harness import (
     Replayer,
     WorkerProcess,
     fault_settings,
+    group_lag,
     make_topics,
 )
 from fraud.tools.faults.outcome import (
@@ -49,6 +50,7 @@ class RunResult:
     malformed_sent: int = 0
     malformed_kinds: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class ScenarioRun:
@@ -77,6 +79,7 @@ class ScenarioRun:
         self.writer: MalformedWriter | None = None
         self.faults_s: list[float] = []
         self.crashes: list[str] = []
+        self.notes: list[str] = []
         self.made: list[WorkerProcess] = []  # every worker of the run, each its own dir
 
     def _worker(self) -> WorkerProcess:
@@ -199,6 +202,9 @@ class ScenarioRun:
                     f"nothing new for {self.stall_s:.0f} s with {decided:,} decided, "
                     f"{dead:,} dead letters"
                 )
+                lag = group_lag(self.settings)
+                self.say(f"[{self.scenario.name}] stalled; group behind on: {lag}")
+                self.notes.append(f"stalled; consumer group behind on: {lag or 'nothing'}")
                 break
             if time.monotonic() > deadline:
                 errors.append(f"timed out with {decided:,} decided, {dead:,} dead letters")
@@ -214,6 +220,7 @@ class ScenarioRun:
         return RunResult(
             decisions, alerts, dict(dead_reasons), list(self.faults_s), list(self.crashes),
             malformed, dict(self.writer.kinds) if self.writer is not None else {}, errors,
+            list(self.notes),
         )  # fmt: skip
 
     def close(self) -> None:
@@ -264,6 +271,7 @@ def row_of(scenario: Scenario, result: RunResult, sent: Sequence[str], clean: Cl
         row.notes.append(f"{repeated} alerts with a repeated alert id")
     row.notes.extend(f"{kind} e.g. {ids}" for kind, ids in comparison.examples.items())
     row.notes.extend(f"crash: {c}" for c in result.crashes)
+    row.notes.extend(result.notes)
     if result.crashes or result.errors:
         crashed = [f"{len(result.crashes)} worker crash(es)"] if result.crashes else []
         row.error = "; ".join([*result.errors, *crashed])
@@ -286,7 +294,7 @@ def write_input(path: Path, transactions: int, seed: int) -> list[str]:
     from fraud.tools.simulate import SimulationConfig, simulate, write_file
 
     days = 60
-    customers = max(10, -(-transactions // (2 * days)))  # about 2 per customer and day
+    customers = max(10, -(-transactions // 100))  # about 2 per customer and day, and spare
     sim = simulate(
         SimulationConfig(n_customers=customers, n_terminals=2000, n_days=days,
                          seed=seed, with_coordinates=True)

@@ -3,9 +3,11 @@ malformed messages."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -31,11 +33,12 @@ from fraud.tools.faults.plan import (
     GROUPS,
     Fault,
     active_controller,
+    ci_scenario,
     pick,
     scenarios,
     sigkill_steps,
 )
-from fraud.tools.faults.suite import replay_rate
+from fraud.tools.faults.suite import replay_rate, write_input
 
 
 def seen(tx: str, count: float = 1.0, action: int = 1, partition: int = 0, at: float = 0.0) -> Seen:
@@ -165,3 +168,20 @@ def test_invalid_fields_are_all_refused_and_varied() -> None:
             if getattr(tx, field) != getattr(base, field):
                 changed.add(field)
     assert {"amount_minor", "currency", "event_time_ms"} <= changed
+
+
+def test_the_input_file_holds_the_transactions_asked_in_time_order(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    ids = write_input(path, 1500, seed=1)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(ids) == 1500
+    assert [r["TRANSACTION_ID"] for r in rows] == ids
+    times = [r["TX_DATETIME"] for r in rows]
+    assert times == sorted(times)
+    assert {r["TX_FRAUD"] for r in rows} == {"0", "1"}
+
+
+def test_the_ci_scenario_kills_then_stops_gracefully() -> None:
+    plan = ci_scenario(seed=0, kills=3)
+    assert [s.fault for s in plan.steps] == [Fault.KILL_WORKER] * 3 + [Fault.TERM_WORKER]
+    assert plan.workers == 2

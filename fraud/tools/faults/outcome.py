@@ -30,18 +30,23 @@ class Seen:
     arrived_s: float
 
 
-def same_decision(a: Seen, b: Seen, tolerance: float = FEATURE_TOLERANCE) -> bool:
-    """The same action and the same features (names and values, NaN equal to NaN)."""
-    if a.action != b.action or len(a.features) != len(b.features):
-        return False
-    for (name_a, value_a), (name_b, value_b) in zip(a.features, b.features, strict=True):
-        if name_a != name_b:
-            return False
+def differences(a: Seen, b: Seen, tolerance: float = FEATURE_TOLERANCE) -> list[str]:
+    """What differs between two decisions: feature names (NaN equals NaN), ``action``, or
+    ``feature set`` when they name different features."""
+    out = ["action"] if a.action != b.action else []
+    if [n for n, _ in a.features] != [n for n, _ in b.features]:
+        return [*out, "feature set"]
+    for (name, value_a), (_, value_b) in zip(a.features, b.features, strict=True):
         if math.isnan(value_a) and math.isnan(value_b):
             continue
         if not abs(value_a - value_b) <= tolerance:
-            return False
-    return True
+            out.append(name)
+    return out
+
+
+def same_decision(a: Seen, b: Seen, tolerance: float = FEATURE_TOLERANCE) -> bool:
+    """The same action and the same features (names and values, NaN equal to NaN)."""
+    return not differences(a, b, tolerance)
 
 
 class CleanRunError(RuntimeError):
@@ -78,6 +83,8 @@ class Comparison:
     alerts_expected: int
     # a few transaction ids of each kind, sorted, to look them up in the logs
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # how many differing decisions each feature (or the action) differs in
+    differing_by_feature: dict[str, int] = field(default_factory=dict)
 
     @property
     def met(self) -> bool:
@@ -100,11 +107,14 @@ def compare(
     """Count a fault run's decisions against the clean run's (``clean_reference``)."""
     wanted = set(sent)
     counts = Counter(d.transaction_id for d in run)
-    differing = {
-        d.transaction_id
-        for d in run
-        if d.transaction_id in clean and not same_decision(d, clean[d.transaction_id])
-    }
+    differing: set[str] = set()
+    by_feature: Counter[str] = Counter()
+    for d in run:
+        if d.transaction_id in clean:
+            changed = differences(d, clean[d.transaction_id])
+            if changed:
+                differing.add(d.transaction_id)
+                by_feature.update(changed)
     missing = [tx for tx in wanted if tx not in counts]
     duplicated = [tx for tx, n in counts.items() if n > 1 and tx in wanted]
     unexpected = [tx for tx in counts if tx not in wanted]
@@ -127,6 +137,7 @@ def compare(
             )
             if ids
         },
+        differing_by_feature=dict(by_feature.most_common()),
     )
 
 

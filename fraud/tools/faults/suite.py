@@ -270,6 +270,8 @@ def row_of(scenario: Scenario, result: RunResult, sent: Sequence[str], clean: Cl
     if repeated:
         row.notes.append(f"{repeated} alerts with a repeated alert id")
     row.notes.extend(f"{kind} e.g. {ids}" for kind, ids in comparison.examples.items())
+    if comparison.differing_by_feature:
+        row.notes.append(f"differing decisions by feature: {comparison.differing_by_feature}")
     row.notes.extend(f"crash: {c}" for c in result.crashes)
     row.notes.extend(result.notes)
     if result.crashes or result.errors:

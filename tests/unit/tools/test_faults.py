@@ -25,6 +25,7 @@ from fraud.tools.faults.outcome import (
     Seen,
     clean_reference,
     compare,
+    differences,
     recovery_times,
     same_decision,
     table_line,
@@ -52,6 +53,8 @@ def test_same_decision_compares_features_and_action_with_nan_equal() -> None:
     assert same_decision(seen("1", count=1.0), seen("1", count=1.0 + 1e-12))
     other = Seen("1", (("other", 1.0), ("risk", math.nan)), 1, 0, 0.0)
     assert not same_decision(seen("1"), other)
+    assert differences(seen("1"), other) == ["feature set"]
+    assert differences(seen("1"), seen("1", count=3.0, action=3)) == ["action", "count"]
 
 
 def test_clean_reference_refuses_a_clean_run_with_missing_or_repeated_decisions() -> None:
@@ -75,6 +78,11 @@ def test_compare_counts_missing_duplicated_differing_and_unexpected() -> None:
     assert (c.sent, c.read, c.missing, c.duplicated, c.differing, c.unexpected) == (
         4, 5, 1, 1, 2, 1
     )  # fmt: skip
+    assert c.differing_by_feature == {"count": 2}
+    assert c.examples == {
+        "missing": ["4"], "duplicated": ["2"], "differing": ["2", "3"],
+        "unexpected": ["malformed-1"],
+    }  # fmt: skip
     assert not c.met
 
 

@@ -161,7 +161,8 @@ def pick(names: Iterable[str], known: Iterable[str]) -> list[str]:
     return [n for n in order if n in wanted]
 
 
-_LEADER = re.compile(r"transition to Leader\(localId=(\d+), epoch=(\d+)")
+# "[RaftManager id=2] Completed transition to Leader(localVoterNode=..., epoch=5, ...)"
+_LEADER = re.compile(r"\[RaftManager id=(\d+)\] Completed transition to Leader\(.*?\bepoch=(\d+)")
 
 
 def active_controller(logs: Iterable[str]) -> int | None:

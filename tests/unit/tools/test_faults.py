@@ -133,10 +133,17 @@ def test_replay_rate_spreads_the_file_over_the_faults() -> None:
 
 
 def test_active_controller_is_the_leader_of_the_highest_epoch() -> None:
+    line = (
+        "[2026-12-02 07:41:50,781] INFO [RaftManager id={node}] Completed transition to "
+        "Leader(localVoterNode=VoterNode(voterKey=ReplicaKey(id={node}, directoryId=LUEZ), "
+        "listeners=Endpoints(endpoints={{}})), epoch={epoch}, epochStartOffset=0, "
+        "highWatermark=Optional.empty) from Candidate(...) (org.apache.kafka.raft.QuorumState)\n"
+    )
     logs = [
-        "x Completed transition to Leader(localId=1, epoch=3, ...)\n",
-        "y Completed transition to Leader(localId=2, epoch=5, ...)\n",
-        "z Completed transition to Leader(localId=3, epoch=4, ...)\n",
+        line.format(node=1, epoch=3) + "[RaftManager id=1] Attempting durable transition to "
+        "Leader(localVoterNode=x, epoch=9)\n",
+        line.format(node=2, epoch=5),
+        line.format(node=3, epoch=4) + line.format(node=3, epoch=1),
     ]
     assert active_controller(logs) == 2
     assert active_controller(["nothing here"]) is None

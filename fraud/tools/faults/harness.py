@@ -367,8 +367,10 @@ class MalformedWriter:
 
 def group_lag(settings: Settings) -> list[str]:
     """Where the workers' consumer group is behind: ``topic[partition] committed/end`` for each
-    partition of the scenario's topics with records past the group's committed offset (read
-    without joining the group)."""
+    partition of the input topics and the worker's own (repartition) topics with records past
+    the group's committed offset (read without joining the group)."""
+    names = settings.topic_names
+    inputs = {names.transactions, names.labels}
     consumer = make_consumer(settings, **{"group.id": settings.app_id})
     out: list[str] = []
     try:
@@ -376,7 +378,7 @@ def group_lag(settings: Settings) -> list[str]:
         tps = [
             TopicPartition(name, p)
             for name, topic in sorted(meta.topics.items())
-            if name.startswith(settings.topic_prefix)
+            if name in inputs or (name.startswith(settings.app_id) and "changelog" not in name)
             for p in sorted(topic.partitions)
         ]
         for tp in consumer.committed(tps, timeout=10):

@@ -145,8 +145,9 @@ def recovery_times(
     faults_s: Sequence[float], arrivals: Sequence[tuple[int, float]], active_s: float = 5.0
 ) -> list[float | None]:
     """For each fault (monotonic seconds), the time until every partition that was deciding
-    in the ``active_s`` before it decided again; ``arrivals`` are (partition, seconds) of the
-    decisions read. None where no such partition decided again (nothing left to decide)."""
+    in the ``active_s`` before it decided again; where none was, the time to the first
+    decision after it. ``arrivals`` are (partition, seconds) of the decisions read. None when
+    nothing was decided after the fault."""
     by_partition: dict[int, list[float]] = {}
     for partition, at in sorted(arrivals, key=lambda pa: pa[1]):
         by_partition.setdefault(partition, []).append(at)
@@ -159,6 +160,9 @@ def recovery_times(
             after = next((t for t in times if t >= fault), None)
             if after is not None and (worst is None or after - fault > worst):
                 worst = after - fault
+        if worst is None:
+            later = [t for times in by_partition.values() for t in times if t >= fault]
+            worst = min(later) - fault if later else None
         out.append(worst)
     return out
 

@@ -101,7 +101,9 @@ def test_recovery_is_the_slowest_active_partition_to_decide_again() -> None:
     arrivals = [(0, 6.0), (1, 7.5), (0, 10.5), (1, 13.0), (2, 30.0)]
     # partition 2 was not deciding before the fault at 10: it does not count
     assert recovery_times([10.0], arrivals) == [3.0]
-    # nothing decided in the 5 s before 100: no recovery to measure
+    # nothing decided in the 5 s before 20: the first decision after it
+    assert recovery_times([20.0], arrivals) == [10.0]
+    # nothing decided after 100: no recovery to measure
     assert recovery_times([100.0], arrivals) == [None]
 
 

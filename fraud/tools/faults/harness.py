@@ -371,6 +371,7 @@ def group_lag(settings: Settings) -> list[str]:
     the group's committed offset (read without joining the group)."""
     names = settings.topic_names
     inputs = {names.transactions, names.labels}
+    outputs = {names.decisions, names.alerts, names.dead_letters}
     consumer = make_consumer(settings, **{"group.id": settings.app_id})
     out: list[str] = []
     try:
@@ -378,7 +379,12 @@ def group_lag(settings: Settings) -> list[str]:
         tps = [
             TopicPartition(name, p)
             for name, topic in sorted(meta.topics.items())
-            if name in inputs or (name.startswith(settings.app_id) and "changelog" not in name)
+            if name in inputs
+            or (
+                name.startswith(settings.topic_prefix)
+                and name not in outputs
+                and settings.app_id in name
+            )
             for p in sorted(topic.partitions)
         ]
         for tp in consumer.committed(tps, timeout=10):

@@ -1,0 +1,52 @@
+"""A small fault suite on a 3-node Kafka cluster: SIGKILLs and a graceful restart of one of two
+workers during a replay must lose, repeat and change no decision against a clean run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fraud.broker.kafka import unavailable_reason
+from fraud.tools.faults.plan import ci_scenario
+from fraud.tools.faults.suite import Suite, SuiteConfig
+
+
+@pytest.fixture
+def java() -> None:
+    """The suite starts its own Apache Kafka cluster (CI forces Kafka, so there it runs)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs Apache Kafka: {reason}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(420)
+def test_sigkills_and_a_graceful_restart_lose_repeat_and_change_no_decision(
+    tmp_path: Path, java: None
+) -> None:
+    suite = Suite(SuiteConfig(transactions=2000, seed=0, workdir=tmp_path, stall_s=30.0), say=print)
+    try:
+        suite.start()
+        brokers = suite.cluster.kafka.pids
+        suite.run_clean()
+        row = suite.run(ci_scenario(seed=0, kills=3))
+    finally:
+        suite.close()
+    assert suite.worker_pids
+    assert not any(pid_alive(pid) for pid in [*brokers, *suite.worker_pids]), (
+        "processes left behind"
+    )
+    assert row.error is None, row.error
+    c = row.comparison
+    assert c is not None
+    assert c.read >= c.sent
+    assert (c.missing, c.duplicated, c.differing, c.unexpected) == (0, 0, 0, 0), row.notes

@@ -156,14 +156,30 @@ class Delivery:
             self.send_changelogs()
             consumed = self.consumed.offsets()
             self.emitter.hold_sends()
+            running = asyncio.ensure_future(
+                self.in_background(functools.partial(self.emitter.deliver, consumed))
+            )
             try:
-                deliver = functools.partial(self.emitter.deliver, consumed)
-                offsets = await self.in_background(deliver)
-            except BaseException as exc:
+                offsets = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # The agent is cancelled (the worker stops) while the commit goes on in its
+                # thread: let it end, and count it, before the stop delivers the rest.
+                await self._settle(running)
+                raise
+            except Exception as exc:
                 self._fail(exc)
                 raise
             self.emitter.release_sends()
             self._delivered(offsets)
+
+    async def _settle(self, running: asyncio.Future[Offsets]) -> None:
+        try:
+            offsets = await running
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self.emitter.release_sends()
+        self._delivered(offsets)
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
@@ -185,7 +201,7 @@ class Delivery:
         self.emitter.hold_sends()
         try:
             offsets = self.emitter.deliver(consumed)
-        except BaseException as exc:
+        except Exception as exc:
             self._fail(exc)
             raise
         self.emitter.release_sends()

@@ -3,10 +3,16 @@ offsets with, and the offsets a commit may store."""
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer
+import asyncio
 
-from fraud.worker.checkpoint import Consumed
+import pytest
+from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
+
+from fraud.metrics import WorkerMetrics
+from fraud.worker.checkpoint import Consumed, Delivery, Offsets
 from fraud.worker.emitter import GroupMember
+from tests.unit.worker.test_loop import Background, FakeEmitter, settle
 
 
 def test_group_metadata_is_the_bytes_librdkafka_serialises() -> None:
@@ -48,3 +54,31 @@ def test_a_commit_stops_at_the_oldest_record_still_held() -> None:
     assert consumed.offsets() == {("transactions", 0): 6, ("labels", 1): 5}
     consumed.forget([("labels", 1)])
     assert consumed.offsets() == {("transactions", 0): 6}
+
+
+def test_a_delivery_whose_agent_is_cancelled_still_completes_and_counts() -> None:
+    """SIGTERM cancels the agents, possibly while a commit runs in its thread: the commit
+    must end and be counted (never aborted under it), and the stop then delivers the rest."""
+
+    async def main() -> None:
+        emitter = FakeEmitter([])
+        background = Background()
+        background.gate.clear()
+        delivered: list[Offsets] = []
+        delivery = Delivery(
+            emitter, [], WorkerMetrics(CollectorRegistry()), background, delivered.append
+        )
+        agent = asyncio.ensure_future(delivery.deliver())
+        await settle()
+        assert background.in_flight == 1
+        agent.cancel()
+        await settle()
+        background.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+        assert delivery.failed is None and len(delivered) == 1
+        assert ("abandon", "") not in emitter.journal
+        await delivery.deliver()  # the stop's own delivery goes through
+        assert emitter.flushes == 2
+
+    asyncio.run(main())

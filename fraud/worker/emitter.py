@@ -21,7 +21,7 @@ import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -171,6 +171,8 @@ class TransactionalEmitter(KafkaEmitter):
         self.transactional_id = transactional_id
         self._member = member
         self._held: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        # what the open transaction holds, to send again if it has to be aborted
+        self._sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._holding = False
         self._started = False
         self._open = False
@@ -191,6 +193,7 @@ class TransactionalEmitter(KafkaEmitter):
             return
         if not self._open:
             self.start()
+        self._sent.append(((topic, key, value), kwargs))
         super().send(topic, key, value, **kwargs)
 
     def hold_sends(self) -> None:
@@ -204,28 +207,58 @@ class TransactionalEmitter(KafkaEmitter):
             self.send(*args, **kwargs)
 
     def deliver(self, consumed: NextOffsets) -> dict[tuple[str, int], int]:
-        """Commit the open transaction with ``consumed`` as the group's offsets; raise
-        ``EmitError`` when it could not be committed (it is then aborted: none of its
-        outputs, state changes or offsets count, and the input is processed again)."""
+        """Commit the open transaction with ``consumed`` as the group's offsets.
+
+        A commit that fails with an abortable error (a broker or the group coordinator moved,
+        a record was refused) is aborted and tried again: the same records, in the same order,
+        in a new transaction, up to ``COMMIT_ATTEMPTS`` times. ``EmitError`` when it could
+        not be committed (fenced by a newer instance, or out of attempts): then none of its
+        outputs, state changes or offsets count, and the input is processed again."""
         self.start()
-        try:
-            if consumed:
-                offsets = [TopicPartition(t, p, o) for (t, p), o in consumed.items()]
-                self._retrying(
-                    lambda: self._producer.send_offsets_to_transaction(
-                        offsets, self._member().metadata(), 30.0
-                    )
-                )
-            self._retrying(lambda: self._producer.commit_transaction(30.0))
-        except KafkaException as exc:
-            self._abort(exc)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                self._commit(consumed)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                abortable = isinstance(error, KafkaError) and error.txn_requires_abort()
+                if not abortable or attempt == COMMIT_ATTEMPTS:
+                    self._abort(exc)
+                log.warning("transaction aborted, sending it again (%d): %s", attempt, error)
+                self._resend()
         self._open = False
+        self._sent.clear()
+        offsets_out, self._offsets = self._offsets, {}
+        return offsets_out
+
+    def _commit(self, consumed: NextOffsets) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            error = KafkaError(
+                KafkaError._INVALID_ARG, "; ".join(errors[:3]), txn_requires_abort=True
+            )
+            raise KafkaException(error)
+        if consumed:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in consumed.items()]
+            self._retrying(
+                lambda: self._producer.send_offsets_to_transaction(
+                    offsets, self._member().metadata(), 30.0
+                )
+            )
+        self._retrying(lambda: self._producer.commit_transaction(30.0))
         if self._errors:
             # A delivery failed, yet the commit went through: never silently.
             errors, self._errors = self._errors, []
             raise EmitError(f"output to Kafka failed: {'; '.join(errors[:3])}")
-        offsets_out, self._offsets = self._offsets, {}
-        return offsets_out
+
+    def _resend(self) -> None:
+        """Abort the transaction and send its records again in a new one."""
+        self._producer.abort_transaction(30.0)
+        self._errors.clear()
+        self._offsets.clear()
+        self._producer.begin_transaction()
+        for args, kwargs in self._sent:
+            super().send(*args, **kwargs)
 
     def _retrying(self, call: Callable[[], None]) -> None:
         for attempt in range(COMMIT_ATTEMPTS):
@@ -240,9 +273,10 @@ class TransactionalEmitter(KafkaEmitter):
                     raise
                 log.warning("transaction commit retried: %s", error)
 
-    def _abort(self, exc: KafkaException) -> None:
+    def _abort(self, exc: KafkaException) -> NoReturn:
         error = exc.args[0] if exc.args else None
         self._open = False
+        self._sent.clear()
         self._errors.clear()
         self._offsets.clear()
         if isinstance(error, KafkaError) and error.txn_requires_abort():
@@ -257,6 +291,7 @@ class TransactionalEmitter(KafkaEmitter):
         since the last commit counts."""
         self._holding = False
         self._held.clear()
+        self._sent.clear()
         if self._open:
             self._open = False
             try:

@@ -190,23 +190,6 @@ class Delivery:
         for changelog in self.changelogs:
             changelog.on_changelog_offsets(offsets)
 
-    def deliver_now(self) -> None:
-        """Deliver what is queued, blocking (when the worker stops and no delivery is in
-        flight); after a failed delivery, abandon instead."""
-        if self.failed is not None:
-            self.emitter.abandon()
-            return
-        self.send_changelogs()
-        consumed = self.consumed.offsets()
-        self.emitter.hold_sends()
-        try:
-            offsets = self.emitter.deliver(consumed)
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        self.emitter.release_sends()
-        self._delivered(offsets)
-
 
 class Checkpoints:
     """The events waiting for a checkpoint, and the one checkpoint in flight."""

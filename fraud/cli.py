@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", type=Path, help="touch this file once the worker is ready")
     p.add_argument(
         "--label-wait-ms", type=int, default=int(_env("FRAUD_LABEL_WAIT_MS", "250") or 250),
-        help="longest wait of the terminal stage for labels up to a transaction's time "
+        help="how long the terminal stage waits for labels up to a transaction's time once "
+        "none is left unread in Kafka; unread labels are always waited for "
         "(env FRAUD_LABEL_WAIT_MS; default %(default)s)",
     )  # fmt: skip
     p.add_argument(

@@ -249,11 +249,15 @@ class WorkerMetrics:
             r, "fraud_repartitioned_transactions_total",
             "Transactions sent over the repartition topic (not decided in line)",
         )  # fmt: skip
-        self.label_wait_timeouts = _counter(
-            r, "fraud_label_wait_timeouts_total",
-            "Batches scored after waiting label_wait_ms for labels up to their time (their "
-            "terminal risk may miss labels still in flight)",
+        self.incomplete_decisions = _counter(
+            r, "fraud_incomplete_decisions_total",
+            "Decisions made before an input was read up to their time (Decision.incomplete), "
+            "by input: labels (an idle label partition timed out) or alignment (an idle "
+            "customer partition timed out)",
+            ["input"],
         )  # fmt: skip
+        for name in ("labels", "alignment"):  # exported as 0 before the first one
+            self.incomplete_decisions.labels(name)
         self.changelog_sent = _counter(
             r, "fraud_changelog_records_total",
             "State values sent to the tables' changelogs (one per changed key per checkpoint)",
@@ -338,6 +342,13 @@ class WorkerMetrics:
             counts[reason] = counts.get(reason, 0) + 1
         for reason, n in counts.items():
             self.dead_letters.labels(reason).inc(n)
+
+    def record_incomplete(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (input -> decisions made without it) to
+        ``fraud_incomplete_decisions_total``."""
+        for name, k in counts.items():
+            if k:
+                self.incomplete_decisions.labels(name).inc(k)
 
     def record_labels_applied(self, n: int) -> None:
         if n:

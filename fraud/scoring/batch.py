@@ -57,6 +57,9 @@ class Enriched:
     source_partitions: list[int] = field(default_factory=list)
     source_offsets: list[int] = field(default_factory=list)
     source_indexes: list[int] = field(default_factory=list)
+    # Per row: released by the alignment before every customer partition was read up to its
+    # time (empty: none was).
+    incomplete_alignment: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.txs)
@@ -71,8 +74,9 @@ class Enriched:
                 source_partition=partition,
                 source_offset=offset,
                 source_index=index,
+                incomplete_alignment=early,
             )
-            for tx, row, ingested, topic, partition, offset, index in zip(
+            for tx, row, ingested, topic, partition, offset, index, early in zip(
                 self.txs,
                 self.features.tolist(),
                 self.ingested_at_ms,
@@ -80,9 +84,27 @@ class Enriched:
                 self.source_partitions,
                 self.source_offsets,
                 self.source_indexes,
+                self.incomplete_alignment or [False] * len(self.txs),
                 strict=True,
             )
         ]
+
+    @staticmethod
+    def concat(parts: Sequence[Enriched]) -> Enriched:
+        """The rows of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        early = [bool(e) for p in parts for e in (p.incomplete_alignment or [False] * len(p))]
+        return Enriched(
+            [tx for p in parts for tx in p.txs],
+            np.vstack([p.features for p in parts]) if parts else np.empty((0, N_CUSTOMER)),
+            [v for p in parts for v in p.ingested_at_ms],
+            [v for p in parts for v in p.source_topics],
+            [v for p in parts for v in p.source_partitions],
+            [v for p in parts for v in p.source_offsets],
+            [v for p in parts for v in p.source_indexes],
+            early if any(early) else [],
+        )
 
     @staticmethod
     def from_messages(items: Sequence[EnrichedTransaction]) -> Enriched:
@@ -98,6 +120,9 @@ class Enriched:
             [item.source_partition for item in items],
             [item.source_offset for item in items],
             [item.source_index for item in items],
+            [item.incomplete_alignment for item in items]
+            if any(item.incomplete_alignment for item in items)
+            else [],
         )
 
 

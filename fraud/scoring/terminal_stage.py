@@ -26,7 +26,7 @@ from fraud.scoring.batch import Enriched, decode_enriched, reject
 from fraud.scoring.policy import Policy
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
-from fraud.v1.decision_pb2 import Decision, Reason
+from fraud.v1.decision_pb2 import INCOMPLETE_ALIGNMENT, INCOMPLETE_LABELS, Decision, Reason
 from fraud.v1.label_pb2 import Label
 from fraud.windows.keyed import KeyedBatch
 from fraud.windows.store import StateStore
@@ -53,6 +53,8 @@ class TerminalResult:
     labels_applied: int = 0
     # apply_labels: event time of each input record, in order (NO_TIME when refused).
     label_times: list[int] = field(default_factory=list)
+    # Decisions made without an input, by input ("labels", "alignment"): Decision.incomplete.
+    incomplete: dict[str, int] = field(default_factory=lambda: {"labels": 0, "alignment": 0})
 
     @property
     def decisions(self) -> list[Decision]:
@@ -131,9 +133,17 @@ class TerminalStage:
         dead letters (``fraud.scoring.batch.decode_enriched``)."""
         return decode_enriched(records, self.clock())
 
-    def process_enriched(self, enriched: Enriched, parts: Sequence[int]) -> TerminalResult:
+    def process_enriched(
+        self,
+        enriched: Enriched,
+        parts: Sequence[int],
+        labels_incomplete: Sequence[bool] = (),
+    ) -> TerminalResult:
         """Terminal features, rules, model and decision; ``parts[i]`` is the partition of the
-        i-th transaction's terminal (its key's partition of the terminal table)."""
+        i-th transaction's terminal (its key's partition of the terminal table), and
+        ``labels_incomplete[i]`` (empty: all False) says it is decided before every label up to
+        its time was applied. Such rows, and those the alignment released early, say so in
+        ``Decision.incomplete``."""
         result = TerminalResult()
         if not len(enriched):
             return result
@@ -146,7 +156,7 @@ class TerminalStage:
         terminal[:, 0::2] = counts
         terminal[:, 1::2] = risk(counts, frauds)
         features = np.hstack([enriched.features, terminal])
-        self._decide(enriched, features, result)
+        self._decide(enriched, features, result, labels_incomplete)
         return result
 
     def _update(
@@ -174,7 +184,13 @@ class TerminalStage:
         batch.save(self.store, new_states)
         return counts, frauds
 
-    def _decide(self, enriched: Enriched, features: np.ndarray, result: TerminalResult) -> None:
+    def _decide(
+        self,
+        enriched: Enriched,
+        features: np.ndarray,
+        result: TerminalResult,
+        labels_incomplete: Sequence[bool],
+    ) -> None:
         """Rules, model and action per row; each Decision encoded as bytes
         (fraud.contracts.decision_bytes) and decoded again only for the alerts."""
         policy = self.policy
@@ -218,6 +234,12 @@ class TerminalStage:
                 source_offset=enriched.source_offsets[i],
                 source_index=enriched.source_indexes[i],
             )
+            if labels_incomplete and labels_incomplete[i]:
+                decision.incomplete.append(INCOMPLETE_LABELS)
+                result.incomplete["labels"] += 1
+            if enriched.incomplete_alignment and enriched.incomplete_alignment[i]:
+                decision.incomplete.append(INCOMPLETE_ALIGNMENT)
+                result.incomplete["alignment"] += 1
             if any_fired[i]:
                 ids = fired_ids(policy.rules, fired[i])
                 decision.rules_fired.extend(ids)

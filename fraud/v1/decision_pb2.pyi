@@ -13,10 +13,19 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOW: _ClassVar[Action]
     REVIEW: _ClassVar[Action]
     BLOCK: _ClassVar[Action]
+
+class IncompleteInput(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INCOMPLETE_INPUT_UNSPECIFIED: _ClassVar[IncompleteInput]
+    INCOMPLETE_LABELS: _ClassVar[IncompleteInput]
+    INCOMPLETE_ALIGNMENT: _ClassVar[IncompleteInput]
 ACTION_UNSPECIFIED: Action
 ALLOW: Action
 REVIEW: Action
 BLOCK: Action
+INCOMPLETE_INPUT_UNSPECIFIED: IncompleteInput
+INCOMPLETE_LABELS: IncompleteInput
+INCOMPLETE_ALIGNMENT: IncompleteInput
 
 class Reason(_message.Message):
     __slots__ = ("code", "feature", "value", "contribution")
@@ -31,7 +40,7 @@ class Reason(_message.Message):
     def __init__(self, code: _Optional[str] = ..., feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("transaction_id", "customer_id", "terminal_id", "amount_minor", "currency", "event_time_ms", "action", "score", "features", "rules_fired", "rules_version", "model_version", "reasons", "ingested_at_ms", "decided_at_ms", "source_topic", "source_partition", "source_offset", "source_index")
+    __slots__ = ("transaction_id", "customer_id", "terminal_id", "amount_minor", "currency", "event_time_ms", "action", "score", "features", "rules_fired", "rules_version", "model_version", "reasons", "ingested_at_ms", "decided_at_ms", "source_topic", "source_partition", "source_offset", "source_index", "incomplete")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +67,7 @@ class Decision(_message.Message):
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     customer_id: str
     terminal_id: str
@@ -77,4 +87,5 @@ class Decision(_message.Message):
     source_partition: int
     source_offset: int
     source_index: int
-    def __init__(self, transaction_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., features: _Optional[_Mapping[str, float]] = ..., rules_fired: _Optional[_Iterable[str]] = ..., rules_version: _Optional[str] = ..., model_version: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ingested_at_ms: _Optional[int] = ..., decided_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ...) -> None: ...
+    incomplete: _containers.RepeatedScalarFieldContainer[IncompleteInput]
+    def __init__(self, transaction_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., features: _Optional[_Mapping[str, float]] = ..., rules_fired: _Optional[_Iterable[str]] = ..., rules_version: _Optional[str] = ..., model_version: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., ingested_at_ms: _Optional[int] = ..., decided_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ..., incomplete: _Optional[_Iterable[_Union[IncompleteInput, str]]] = ...) -> None: ...

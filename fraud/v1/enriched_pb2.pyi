@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnrichedTransaction(_message.Message):
-    __slots__ = ("transaction", "customer_features", "ingested_at_ms", "source_topic", "source_partition", "source_offset", "source_index")
+    __slots__ = ("transaction", "customer_features", "ingested_at_ms", "source_topic", "source_partition", "source_offset", "source_index", "incomplete_alignment")
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FEATURES_FIELD_NUMBER: _ClassVar[int]
     INGESTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class EnrichedTransaction(_message.Message):
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
     transaction: _transaction_pb2.Transaction
     customer_features: _containers.RepeatedScalarFieldContainer[float]
     ingested_at_ms: int
@@ -23,7 +24,8 @@ class EnrichedTransaction(_message.Message):
     source_partition: int
     source_offset: int
     source_index: int
-    def __init__(self, transaction: _Optional[_Union[_transaction_pb2.Transaction, _Mapping]] = ..., customer_features: _Optional[_Iterable[float]] = ..., ingested_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ...) -> None: ...
+    incomplete_alignment: bool
+    def __init__(self, transaction: _Optional[_Union[_transaction_pb2.Transaction, _Mapping]] = ..., customer_features: _Optional[_Iterable[float]] = ..., ingested_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ..., incomplete_alignment: _Optional[bool] = ...) -> None: ...
 
 class EnrichedBatch(_message.Message):
     __slots__ = ("items",)

@@ -11,10 +11,15 @@ partitions of one worker:
 * every received transaction is held, per partition, in offset order;
 * the watermark is the lowest "latest event time seen" over the partitions that may still
   deliver older data: partitions neither caught up (received everything up to the high
-  watermark) nor idle (nothing received for ``idle_s`` while others wait on them);
+  watermark) nor idle (nothing received for ``idle_s`` while others wait on them, and nothing
+  left in Kafka that the consumer has not fetched: a partition with unread records is waited
+  for however long it takes, so a starved consumer never changes a feature);
 * a partition releases its held prefix up to ``watermark + slack_ms``, and the released
   transactions of all partitions are merged by event time (each partition keeping its order,
   so each customer keeps its order).
+
+Items released past an idle partition (``exact_limit``) are flagged by the caller
+(``Decision.incomplete``): they may miss transactions that partition delivers later.
 
 Holding is safe for at-least-once because a held message is not acknowledged: the committed
 offset stays below it, and a restart delivers it again (``fraud/worker/checkpoint.py``). Caught up
@@ -44,6 +49,8 @@ class Position:
 
     highwater: int | None
     start: int | None = None
+    # The consumer's fetch position (past transaction markers), when it knows one.
+    fetched: int | None = None
 
     def caught_up(self, received_next: int | None) -> bool:
         """Everything written was received: nothing was ever written, or the next offset to
@@ -52,6 +59,17 @@ class Position:
         return self.highwater == 0 or (
             self.highwater is not None and nxt is not None and nxt >= self.highwater
         )
+
+    def unread(self, received_next: int | None) -> bool:
+        """Kafka holds records of the partition that were not fetched yet: the fetch position
+        (else the next offset to receive, else ``start``) is below the high watermark. A wait
+        on such a partition has data to wait for, and never times out."""
+        if self.highwater is None:
+            return False
+        at = self.fetched if self.fetched is not None else received_next
+        if at is None:
+            at = self.start
+        return at is not None and at < self.highwater
 
 
 @dataclass
@@ -77,6 +95,9 @@ class EventTimeAligner(Generic[T]):
         self.clock = clock
         self.max_held = max_held
         self._parts: dict[int, _Partition[T]] = {}
+        # The last release's limit past which items were released early: above the latest
+        # event time (+ slack) of a partition skipped as idle; END_TIME when none was.
+        self.exact_limit = END_TIME
 
     def _part(self, partition: int) -> _Partition[T]:
         part = self._parts.get(partition)
@@ -109,25 +130,34 @@ class EventTimeAligner(Generic[T]):
     def watermark(self, positions: Mapping[int, Position]) -> int:
         """Lowest latest-event-time over the partitions that may still deliver older data;
         ``END_TIME`` when none may."""
+        return self._watermark(positions)[0]
+
+    def _watermark(self, positions: Mapping[int, Position]) -> tuple[int, int]:
+        """The watermark and the lowest latest event time of the partitions skipped as idle
+        (END_TIME: none)."""
         now = self.clock()
-        mark = END_TIME
+        mark = skipped = END_TIME
         for partition, pos in positions.items():
             part = self._part(partition)
             if pos.caught_up(part.next_offset):
                 part.active_at = now
                 continue
-            if now - part.active_at > self.idle_s:
-                continue  # idle: stop waiting for it (Kafka Streams' max.task.idle.ms)
+            if now - part.active_at > self.idle_s and not pos.unread(part.next_offset):
+                # idle, nothing left unread: stop waiting for it (Kafka Streams'
+                # max.task.idle.ms); what is released past it is early
+                skipped = min(skipped, part.latest)
+                continue
             mark = min(mark, part.latest)
-        return mark
+        return mark, skipped
 
     def release(self, positions: Mapping[int, Position]) -> list[T]:
         """Items releasable now, merged by event time; ``positions`` lists the assigned
         partitions (items of any other partition are dropped: a new owner will get them)."""
         for partition in [k for k in self._parts if k not in positions]:
             del self._parts[partition]
-        mark = self.watermark(positions)
-        limit = mark if mark > END_TIME - self.slack_ms else mark + self.slack_ms
+        mark, skipped = self._watermark(positions)
+        limit = self._plus_slack(mark)
+        self.exact_limit = self._plus_slack(skipped)
         runs: list[list[tuple[int, int, T]]] = []
         for part in self._parts.values():
             held = part.held
@@ -139,6 +169,9 @@ class EventTimeAligner(Generic[T]):
         if len(runs) == 1:
             return [item for _, _, item in runs[0]]
         return [item for _, _, item in heapq.merge(*runs, key=_event_time)]
+
+    def _plus_slack(self, time_ms: int) -> int:
+        return time_ms if time_ms > END_TIME - self.slack_ms else time_ms + self.slack_ms
 
     def drop(self, partitions: Iterable[int]) -> None:
         for partition in partitions:

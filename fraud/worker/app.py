@@ -106,6 +106,19 @@ class FaustConsumerView:
         offset: int | None = committed.get(TP(*tp))
         return offset
 
+    def fetched(self, tp: TopicPartition) -> int | None:
+        """aiokafka's fetch position (Faust has no accessor for it); None until it is known."""
+        consumer: Any = self._app.consumer
+        thread = getattr(consumer, "_thread", None)
+        kafka = getattr(thread, "_consumer", None) if thread is not None else None
+        subscription = getattr(getattr(kafka, "_subscription", None), "subscription", None)
+        assignment = getattr(subscription, "assignment", None)
+        state = assignment.state_value(TP(*tp)) if assignment is not None else None
+        if state is None or not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+
     def member(self) -> GroupMember:
         """This worker's consumer group membership (aiokafka's coordinator holds it)."""
         consumer: Any = self._app.consumer
@@ -315,13 +328,13 @@ def create_app(
     @app.agent(labels, name="labels")
     async def label_agent(stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            loop.on_labels(_records(events), events)
+            await loop.on_labels(_records(events), events)
             yield None
 
     @app.agent(by_terminal, name="terminals")
     async def terminal_agent(stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await loop.on_repartitioned(_records(events))
+            await loop.on_repartitioned(_records(events), events)
             yield None
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -1,9 +1,13 @@
 """The worker's loop: what its agents and timer do with each batch, apart from Faust.
 
-    transactions --on_transactions--> aligner --release--> customer stage
-        --> terminal stage in line, when single_stage()                 --> decisions, alerts
-        --> else the repartition hop --on_repartitioned--> terminal stage --^
-    labels --on_labels--> terminal state and label watermarks
+    transactions --on_transactions--> aligner --release--> waiting for labels --> customer
+        stage --> terminal stage in line, when single_stage()           --> decisions, alerts
+        --> else the repartition hop --on_repartitioned--> waiting for labels --> terminal stage
+    labels --on_labels--> terminal state and label watermarks, then what waited on them
+
+Nothing waits inside an agent: what may not be decided yet (its labels are unread) is held
+here, and decided when the labels are applied or the timer ticks. An agent that waited would
+stop Faust's conductor once its queue filled, and with it the label agent it waited for.
 
 The consumer, the emitter and the changelogs are behind the Protocols of
 ``fraud.worker.partitions`` and ``fraud.worker.checkpoint``; time comes from an injected
@@ -16,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from fraud.contracts.dead_letter import dead_letter_record
@@ -30,7 +36,6 @@ from fraud.contracts.partitioning import (
     type_headers,
 )
 from fraud.contracts.records import RawRecord
-from fraud.contracts.units import NO_TIME
 from fraud.metrics import WorkerMetrics
 from fraud.scoring.batch import Enriched
 from fraud.scoring.customer_stage import CustomerStage
@@ -56,7 +61,7 @@ from fraud.worker.partitions import (
     TopicPartition,
     by_terminal_topic,
 )
-from fraud.worker.watermarks import LabelWatermarks
+from fraud.worker.watermarks import LabelWatermarks, Readiness
 
 log = logging.getLogger("fraud.worker")
 
@@ -76,6 +81,27 @@ class Event(Ackable, Protocol):
 # What the aligner holds per transaction: the transaction, its record, its index in the record
 # (a TransactionBatch record holds several) and the record's event.
 Held = tuple[Transaction, RawRecord, int, Event]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A released transaction waiting for its labels (in line): its terminal's partition, and
+    whether the alignment released it early."""
+
+    held: Held
+    partition: int
+    early: bool
+
+
+@dataclass(frozen=True)
+class HopRecord:
+    """A repartition record waiting for its labels."""
+
+    offset: int
+    event: Event
+    columns: Enriched
+    parts: list[int]
+    latest: int  # its latest event time
 
 
 class Outputs:
@@ -111,6 +137,7 @@ class Outputs:
         self.metrics.record_actions(result.action_counts)
         self.metrics.record_latencies(result.decided_at_ms, result.event_times, result.ingested)
         self.metrics.record_alerts(result.alerts)
+        self.metrics.record_incomplete(result.incomplete)
         decisions, headers = self.names.decisions, self.DECISION_HEADERS
         for key, value in zip(result.keys, result.encoded, strict=True):
             self.emitter.send(decisions, key, value, headers=headers)
@@ -157,9 +184,6 @@ class WorkerLoop:
             partitions=settings.partitions,
             enabled=settings.single_stage,
         )
-        # Released transactions being processed, oldest offset per partition: with the
-        # aligner's, what a commit must not pass.
-        self.in_progress: dict[int, int] = {}
         self.consumed = Consumed(self._oldest_unhandled)
         self.delivery = Delivery(
             emitter, changelogs, metrics, in_background, self.hop.on_delivered, self.consumed
@@ -172,20 +196,42 @@ class WorkerLoop:
         self.watermarks = LabelWatermarks(
             lambda p: self.positions.of(self.labels, p), settings.label_wait_ms / 1000, clock
         )
-        self.paused: set[int] = set()  # transactions partitions paused until they drain
-        self._lock = asyncio.Lock()  # one release (or checkpoint start) at a time
-        # Incremented when partitions are revoked: a batch that was waiting then is dropped
-        # (it had no effect yet; its input is consumed again from the committed offsets).
-        self.epoch = 0
+        self.max_held = settings.align_max_held
+        # Released, waiting for labels before the customer stage (in line), in decision
+        # order; and how many per customer partition.
+        self.waiting: deque[Waiting] = deque()
+        self.waiting_on: Counter[int] = Counter()
+        # Repartition records waiting for labels, per partition in offset order; their rows.
+        self.hop_waiting: dict[int, deque[HopRecord]] = {}
+        self.hop_rows: Counter[int] = Counter()
+        self.paused: set[TopicPartition] = set()  # paused until what they hold drains
+        self._lock = asyncio.Lock()  # one release, hop decision or checkpoint start at a time
 
     def _oldest_unhandled(self, tp: TopicPartition) -> int | None:
-        if tp[0] != self.transactions:
+        topic, partition = tp
+        if topic == self.repartition:
+            fifo = self.hop_waiting.get(partition)
+            return fifo[0].offset if fifo else None
+        if topic != self.transactions:
             return None
-        held = self.aligner.oldest_offset(tp[1])
-        busy = self.in_progress.get(tp[1])
-        if held is None or busy is None:
-            return held if busy is None else busy
-        return min(held, busy)
+        offsets = [
+            o
+            for o in (
+                self.aligner.oldest_offset(partition),
+                self._oldest_waiting(partition),
+            )
+            if o is not None
+        ]
+        return min(offsets) if offsets else None
+
+    def _oldest_waiting(self, partition: int) -> int | None:
+        if not self.waiting_on[partition]:
+            return None
+        for waiting in self.waiting:  # each partition's items are in offset order
+            rec = waiting.held[1]
+            if rec.partition == partition:
+                return rec.offset
+        return None
 
     async def on_transactions(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
         """The customer agent's batch: hold each valid transaction in the aligner, then release
@@ -199,56 +245,64 @@ class WorkerLoop:
             # TransactionBatch record counts once per transaction).
             event.message.incref()
             self.aligner.add(rec.partition, rec.offset, tx.event_time_ms, (tx, rec, index, event))
+        valid = {id(rec) for rec in parsed.recs}
+        refused = [event_of[id(rec)] for rec in records if id(rec) not in valid]
+        for event in refused:
+            # Nothing valid in it: acknowledged after the checkpoint that delivers its dead
+            # letters, like the rest.
+            event.message.incref()
         for rec in records:  # held in the aligner, or dead-lettered below
             self.consumed.handled((rec.topic, rec.partition), rec.offset)
         self.outputs.dead(dead)
-        await self.release(always_deliver=bool(dead))
+        self.checkpoints.hold(refused)
+        await self.release()
 
-    async def release(self, always_deliver: bool) -> None:
-        """Enrich and pass on (or decide in line) what the alignment releases, then
-        acknowledge it once its outputs are delivered."""
+    async def release(self) -> None:
+        """Take what the alignment releases; enrich and pass on (or decide in line) what may
+        be decided, and acknowledge it once its outputs are delivered."""
         async with self._lock:
-            items = self.aligner.release(self.positions.assigned(self.transactions))
-            for _, rec, _, _ in items:
-                if rec.offset < self.in_progress.get(rec.partition, rec.offset + 1):
-                    self.in_progress[rec.partition] = rec.offset
-            try:
-                decided = await self._enrich(items) if items else False
-            finally:
-                self.in_progress.clear()
-            if decided is None:
-                return  # revoked while waiting: dropped
-            events = [event for _, _, _, event in items]
-            if decided and not always_deliver:
-                self.checkpoints.hold(events)
-                await self.checkpoints.if_due()
-            elif items or always_deliver:
-                # Dead letters or the repartition hop: deliver now, with any earlier state.
-                await self.checkpoints.deliver_then_ack(events)
+            released = self.aligner.release(self.positions.assigned(self.transactions))
+            exact = self.aligner.exact_limit
+            for held in released:
+                tx, rec = held[0], held[1]
+                part = partition_for(tx.terminal_id, self.partitions)
+                self.waiting.append(Waiting(held, part, tx.event_time_ms > exact))
+                self.waiting_on[rec.partition] += 1
+            in_line = self.hop.single_stage()
+            labels_early: list[bool] = []
+            if in_line:
+                n, labels_early = self.watermarks.ready_prefix(
+                    (w.partition, w.held[0].event_time_ms) for w in self.waiting
+                )
+            else:
+                n = len(self.waiting)  # the terminal stage waits for the labels
+            items = [self.waiting.popleft() for _ in range(n)]
+            for w in items:
+                self.waiting_on[w.held[1].partition] -= 1
+            if items:
+                self._enrich(items, in_line, labels_early)
+                events = [w.held[3] for w in items]
+                if in_line:
+                    self.checkpoints.hold(events)
+                else:
+                    # The repartition hop: deliver now, for the terminal stage to read it.
+                    await self.checkpoints.deliver_then_ack(events)
+            await self.checkpoints.if_due()
             self._pause_overfull()
 
-    async def _enrich(self, items: Sequence[Held]) -> bool | None:
-        """The customer stage on released transactions, then the terminal stage in line (True)
-        or the repartition hop (False); None when partitions were revoked while it waited for
-        labels (nothing was changed)."""
-        in_line = self.hop.single_stage()
-        parts: list[int] = []
-        if in_line:
-            # Waited for before any state changes, so a revocation during the wait leaves
-            # nothing half done.
-            parts = [partition_for(tx.terminal_id, self.partitions) for tx, _, _, _ in items]
-            if not await self._labels_ready([tx for tx, _, _, _ in items], parts):
-                return None
+    def _enrich(self, items: Sequence[Waiting], in_line: bool, labels_early: list[bool]) -> None:
+        """The customer stage on ``items``, then the terminal stage in line or the repartition
+        hop."""
         started = time.perf_counter()
         result = self.customers.process_parsed(
-            [tx for tx, _, _, _ in items],
-            [rec for _, rec, _, _ in items],
-            [index for _, _, index, _ in items],
+            [w.held[0] for w in items], [w.held[1] for w in items], [w.held[2] for w in items]
         )
         self.metrics.record_batch("customer", len(items), time.perf_counter() - started)
+        if any(w.early for w in items):
+            result.columns.incomplete_alignment = [w.early for w in items]
         if in_line:
-            self._decide(result.columns, parts, [])
-            return True
+            self._decide(result.columns, [w.partition for w in items], [], labels_early)
+            return
         enriched = result.enriched
         self.metrics.repartitioned.inc(len(enriched))
         for partition, group in group_by_partition(
@@ -262,42 +316,38 @@ class WorkerLoop:
                 headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
                 track_offset=True,
             )
-        return False
 
     def _pause_overfull(self) -> None:
-        full = self.aligner.overfull()
+        """Pause the partitions whose held transactions passed ``align_max_held`` (in the
+        aligner, waiting in line, or waiting on the hop) until they drain."""
+        full = {(self.transactions, p) for p in self.aligner.overfull()}
+        if len(self.waiting) > self.max_held:
+            full.update((self.transactions, p) for p in self.positions.assigned(self.transactions))
+        full.update((self.repartition, q) for q, n in self.hop_rows.items() if n > self.max_held)
         if full == self.paused:
             return
         if full - self.paused:
-            log.info("pausing customer partitions %s until they drain", sorted(full))
-        self.consumer.pause_partitions((self.transactions, p) for p in full - self.paused)
-        self.consumer.resume_partitions((self.transactions, p) for p in self.paused - full)
-        self.paused.clear()
-        self.paused.update(full)
+            log.info("pausing partitions %s until they drain", sorted(full - self.paused))
+        self.consumer.pause_partitions(full - self.paused)
+        self.consumer.resume_partitions(self.paused - full)
+        self.paused = full
 
-    async def _labels_ready(self, txs: Sequence[Transaction], parts: Sequence[int]) -> bool:
-        """Wait for the labels up to these transactions' times; False when partitions were
-        revoked meanwhile (the caller then drops the batch)."""
-        epoch = self.epoch
-        needs: dict[int, int] = {}
-        for tx, partition in zip(txs, parts, strict=True):
-            t = tx.event_time_ms
-            if t > needs.get(partition, NO_TIME):
-                needs[partition] = t
-        if needs and not await self.watermarks.wait(needs):
-            self.metrics.label_wait_timeouts.inc()
-        return self.epoch == epoch
-
-    def _decide(self, columns: Enriched, parts: Sequence[int], dead: Sequence[DeadLetter]) -> None:
+    def _decide(
+        self,
+        columns: Enriched,
+        parts: Sequence[int],
+        dead: Sequence[DeadLetter],
+        labels_early: Sequence[bool],
+    ) -> None:
         """Decide and queue the output (the caller delivers it)."""
         started = time.perf_counter()
-        result = self.terminals.process_enriched(columns, parts)
+        result = self.terminals.process_enriched(columns, parts, labels_early)
         self.metrics.record_batch("terminal", len(columns), time.perf_counter() - started)
         self.outputs.decided(result, dead)
 
-    def on_labels(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
-        """The label agent's batch: apply the labels to the terminal state and advance the
-        watermarks, so that transactions waiting on them may be scored at once."""
+    async def on_labels(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
+        """The label agent's batch: apply the labels to the terminal state, advance the
+        watermarks, and decide what waited on them."""
         started = time.perf_counter()
         result = self.terminals.apply_labels(records)
         self.metrics.record_batch("labels", len(records), time.perf_counter() - started)
@@ -314,25 +364,65 @@ class WorkerLoop:
         for event in events:
             event.message.incref()  # held past take_events' own ack, as in on_transactions
         self.checkpoints.hold(events)
+        await self._decide_waiting()
 
-    async def on_repartitioned(self, records: Sequence[RawRecord]) -> None:
-        """The terminal agent's batch from the repartition hop: decide and deliver (the agent
-        then acknowledges the batch)."""
-        columns, parts, dead = self.terminals.decode(records)
-        if not await self._labels_ready(columns.txs, parts):
-            return  # revoked while waiting: consumed again from the committed offsets
-        self._decide(columns, parts, dead)
-        for rec in records:
-            self.consumed.handled((rec.topic, rec.partition), rec.offset)
-        await self.delivery.deliver()
-        for rec in records:
-            self.hop.on_processed(rec.partition, rec.offset)
+    async def _decide_waiting(self) -> None:
+        if self.waiting or self.aligner.held():
+            await self.release()
+        if any(self.hop_waiting.values()):
+            await self._decide_hop()
+
+    async def on_repartitioned(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
+        """The terminal agent's batch from the repartition hop: hold each record until its
+        labels are applied, and decide what may be decided."""
+        refused: list[Event] = []
+        for rec, event in zip(records, events, strict=True):
+            event.message.incref()  # held past take_events' own ack, as in on_transactions
+            columns, parts, dead = self.terminals.decode([rec])
+            self.outputs.dead(dead)
+            if not len(columns):
+                self.consumed.handled((rec.topic, rec.partition), rec.offset)
+                self.hop.on_processed(rec.partition, rec.offset)
+                refused.append(event)
+                continue
+            latest = max(tx.event_time_ms for tx in columns.txs)
+            hop = HopRecord(rec.offset, event, columns, parts, latest)
+            self.hop_waiting.setdefault(rec.partition, deque()).append(hop)
+            self.hop_rows[rec.partition] += len(columns)
+        self.checkpoints.hold(refused)
+        await self._decide_hop()
+
+    async def _decide_hop(self) -> None:
+        """Decide the repartition records whose labels are applied, in offset order per
+        partition."""
+        async with self._lock:
+            ready: list[HopRecord] = []
+            labels_early: list[bool] = []
+            for q, fifo in self.hop_waiting.items():
+                while fifo:
+                    state = self.watermarks.check(q, fifo[0].latest)
+                    if state is Readiness.WAIT:
+                        break
+                    hop = fifo.popleft()
+                    self.hop_rows[q] -= len(hop.columns)
+                    ready.append(hop)
+                    labels_early += [state is Readiness.EARLY] * len(hop.columns)
+            if ready:
+                columns = Enriched.concat([hop.columns for hop in ready])
+                parts = [p for hop in ready for p in hop.parts]
+                self._decide(columns, parts, [], labels_early)
+                for hop in ready:
+                    q = hop.parts[0]
+                    self.consumed.handled((self.repartition, q), hop.offset)
+                    self.hop.on_processed(q, hop.offset)
+                self.checkpoints.hold([hop.event for hop in ready])
+            await self.checkpoints.if_due()
+            self._pause_overfull()
 
     async def tick(self) -> None:
         """Release what waited on a partition that has since caught up or gone idle, and end a
         checkpoint that traffic stopped before."""
-        if self.aligner.held():
-            await self.release(always_deliver=False)
+        await self._decide_waiting()
         if self.checkpoints.due() and not self._lock.locked():
             async with self._lock:
                 await self.checkpoints.if_due()
@@ -345,11 +435,14 @@ class WorkerLoop:
         try:
             await self.checkpoints.deliver_then_ack([])
         finally:
-            self.epoch += 1
             self.aligner.drop(range(self.partitions))
+            self.waiting.clear()
+            self.waiting_on.clear()
+            self.hop_waiting.clear()
+            self.hop_rows.clear()
             self.consumed.forget(list(self.consumed.offsets()))
-            self.consumer.resume_partitions((self.transactions, p) for p in self.paused)
-            self.paused.clear()
+            self.consumer.resume_partitions(self.paused)
+            self.paused = set()
 
     async def close(self) -> None:
         """Deliver everything queued and acknowledge what it covers, so that the consumer's

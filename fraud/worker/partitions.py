@@ -34,6 +34,10 @@ class ConsumerView(Protocol):
         """Where consumption of the partition started from, or what was committed since."""
         ...
 
+    def fetched(self, tp: TopicPartition) -> int | None:
+        """The next offset the consumer will fetch (past transaction markers), if known."""
+        ...
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None: ...
 
     def resume_partitions(self, tps: Iterable[TopicPartition]) -> None: ...
@@ -53,7 +57,12 @@ class Positions:
         if high is None:
             high = self.start_highs.get(tp)
         start = self.consumer.committed(tp)
-        return Position(None if high is None else int(high), None if start is None else int(start))
+        fetched = self.consumer.fetched(tp)
+        return Position(
+            None if high is None else int(high),
+            None if start is None else int(start),
+            None if fetched is None else int(fetched),
+        )
 
     def assigned(self, topic: str) -> dict[int, Position]:
         """The position of every assigned partition of ``topic``."""

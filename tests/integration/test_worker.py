@@ -174,8 +174,9 @@ def test_a_backlog_replayed_at_full_speed_gives_exact_features(
     assert metrics[("fraud_alerts_total", ())] == n - actions["ALLOW"]
     assert metrics[("fraud_ingest_to_decision_seconds_count", ())] == n
     assert metrics[("fraud_labels_applied_total", ())] == stats.labels
-    # Every batch found its labels in time (a timeout may leave a label out of a risk feature).
-    assert metrics[("fraud_label_wait_timeouts_total", ())] == 0
+    # No decision was made without its labels or its alignment.
+    assert metrics[("fraud_incomplete_decisions_total", (("input", "labels"),))] == 0
+    assert metrics[("fraud_incomplete_decisions_total", (("input", "alignment"),))] == 0
     hop = metrics[("fraud_repartitioned_transactions_total", ())]
     if single_stage:
         assert hop < n / 4, f"{hop} of {n} went over the repartition topic"

@@ -59,15 +59,32 @@ def test_a_partition_never_received_from_is_caught_up_at_its_start_offset() -> N
     assert al.release({0: Position(2), 1: Position(None)}) == []
 
 
-def test_an_idle_partition_stops_holding_the_others_back() -> None:
+def test_a_partition_with_unread_records_is_waited_for_however_long() -> None:
+    """A starved or lagging consumer: partition 1 has records in Kafka not fetched yet, so
+    partition 0 waits, an hour of wall clock as well as a second."""
     al, clock = make(idle_s=5.0)
     al.add(0, 0, HOUR, "a")
-    pos = {0: Position(1), 1: Position(10, start=0)}
-    assert al.release(pos) == []
+    pos = {0: Position(1), 1: Position(10, start=0, fetched=3)}
+    for _ in range(3):
+        clock.advance(3_600_000)
+        assert al.release(pos) == []
+    assert al.exact_limit == END_TIME
+
+
+def test_an_idle_partition_with_nothing_unread_stops_holding_the_others_back() -> None:
+    """Fetched up to its high watermark but not received (records in flight, or a
+    transaction marker at its end): waited for ``idle_s``, then skipped, and what is released
+    past it is early."""
+    al, clock = make(idle_s=5.0)
+    al.add(1, 0, HOUR // 2, "b")
+    al.add(0, 0, HOUR, "a")
+    pos = {0: Position(1), 1: Position(10, start=0, fetched=10)}
+    assert al.release(pos) == ["b"]
     clock.advance(4_000)
     assert al.release(pos) == []
     clock.advance(1_500)
     assert al.release(pos) == ["a"]
+    assert al.exact_limit == HOUR // 2  # "a", at one hour, is past partition 1's latest
 
 
 def test_slack_lets_a_partition_run_ahead_by_that_much() -> None:

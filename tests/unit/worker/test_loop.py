@@ -24,7 +24,7 @@ from fraud.scoring.policy import Policy, load_policy
 from fraud.scoring.terminal_stage import TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock, make_record
-from fraud.v1.decision_pb2 import Decision
+from fraud.v1.decision_pb2 import INCOMPLETE_LABELS, Decision
 from fraud.v1.enriched_pb2 import EnrichedBatch
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
@@ -82,6 +82,7 @@ class FakeConsumer:
         self.assigned: set[TopicPartition] = {(t, p) for t in TOPICS for p in range(P)}
         self.highs: dict[TopicPartition, int] = {tp: 0 for tp in self.assigned}
         self.starts: dict[TopicPartition, int] = {}
+        self.fetch_positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
 
     def assignment(self) -> Set[TopicPartition]:
@@ -92,6 +93,9 @@ class FakeConsumer:
 
     def committed(self, tp: TopicPartition) -> int | None:
         return self.starts.get(tp)
+
+    def fetched(self, tp: TopicPartition) -> int | None:
+        return self.fetch_positions.get(tp)
 
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
         self.paused.update(tps)
@@ -264,7 +268,7 @@ class Harness:
         await self.loop.on_transactions(records, events)
         return events
 
-    def labels(self, labels: Sequence[Label]) -> list[FakeEvent]:
+    async def labels(self, labels: Sequence[Label]) -> list[FakeEvent]:
         records = [
             self.record(
                 "labels", partition_for(lab.terminal_id, P), lab.terminal_id.encode(),
@@ -273,7 +277,7 @@ class Harness:
             for lab in labels
         ]  # fmt: skip
         events = [self.event(f"label-{lab.transaction_id}") for lab in labels]
-        self.loop.on_labels(records, events)
+        await self.loop.on_labels(records, events)
         return events
 
     def hop_records(self) -> list[RawRecord]:
@@ -398,7 +402,7 @@ def test_hop_records_sent_but_not_processed_keep_the_hop_on(policy: Policy) -> N
         h.consumer.assigned.add(("labels", 0))  # every partition owned again ...
         assert not h.loop.hop.single_stage()  # ... but the hop's record is not processed yet
 
-        await h.loop.on_repartitioned([hop_record])
+        await h.loop.on_repartitioned([hop_record], [h.event("hop")])
         assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1"]
         assert h.loop.hop.processed == {p: hop_record.offset + 1}
         assert h.loop.hop.single_stage()
@@ -565,7 +569,7 @@ def test_close_acks_everything_once_even_with_a_checkpoint_in_flight(policy: Pol
         await settle()
         assert h.loop.checkpoints.flushing() and h.background.in_flight == 1
         held = await h.transactions([tx(2, customer_on(1))])
-        labels = h.labels([fraud_label(tx(0, customer_on(0)))])
+        labels = await h.labels([fraud_label(tx(0, customer_on(0)))])
         assert [e.increfs for e in labels] == [1]
         assert [e.acks for e in in_flight + held + labels] == [0, 0, 0]
 
@@ -581,7 +585,13 @@ def test_close_acks_everything_once_even_with_a_checkpoint_in_flight(policy: Pol
     run(main)
 
 
-def test_dead_letters_deliver_and_ack_at_once(policy: Policy) -> None:
+def test_dead_letters_go_with_the_checkpoint_and_their_record_is_acked_after_it(
+    policy: Policy,
+) -> None:
+    """A record with nothing valid in it is held like the others: acknowledged only after the
+    checkpoint that delivers its dead letter (a crash before then reads it again), and never
+    a checkpoint of its own (a stream of bad records costs one delivery per checkpoint)."""
+
     async def main() -> None:
         h = Harness(policy)
         earlier = await h.transactions([tx(1, customer_on(0))])
@@ -597,10 +607,16 @@ def test_dead_letters_deliver_and_ack_at_once(policy: Policy) -> None:
         assert letter.partition is None and letter.key == customer_on(0).encode()
         assert h.metric("fraud_dead_letters_total", reason="decode_error") == 1
         assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
-        # delivered now, with the earlier in-line batch; the garbage record is never held
-        assert h.acked_once([*earlier, events[0]])
-        assert (events[1].acks, events[1].increfs) == (0, 0)
-        assert h.journal.index(("flush", "")) < h.journal.index(("ack", "tx-1"))
+        assert h.emitter.flushes == 0  # not delivered at once
+        assert [e.acks for e in [*earlier, *events]] == [0, 0, 0]
+        assert events[1].increfs == 1
+        h.mono.advance(250)  # the checkpoint is due by time
+        await h.loop.tick()
+        await h.loop.checkpoints.delivered()
+        assert h.emitter.flushes == 1
+        assert h.acked_once([*earlier, *events])
+        assert h.journal.index(("flush", "")) < h.journal.index(("ack", "garbage"))
+        assert h.emitter.commits[-1][("transactions", 0)] == 2  # past the garbage record
         assert h.loop.checkpoints.unacked == []
 
     run(main)
@@ -619,7 +635,7 @@ def test_overfull_partitions_are_paused_until_they_drain(policy: Policy) -> None
         assert h.consumer.paused == set()
         await h.transactions([tx(3, ahead)])
         assert h.consumer.paused == {("transactions", 0)}
-        assert h.loop.paused == {0}
+        assert h.loop.paused == {("transactions", 0)}
 
         h.consumer.highs[("transactions", 1)] = 0  # partition 1 turned out empty
         h.consumer.starts[("transactions", 1)] = 0
@@ -634,9 +650,9 @@ def test_overfull_partitions_are_paused_until_they_drain(policy: Policy) -> None
 
 
 def test_labels_still_streaming_in_reach_the_decision_in_line(policy: Policy) -> None:
-    """A labels backlog read at replay speed: one label every 13 ms, 0.4 s in all, longer than
-    the 250 ms label wait. Each label applied restarts the wait's timeout, so the in-line
-    decision waits for all of them and gets the terminal's risk from every label."""
+    """A labels backlog read slowly (a starved consumer: a label every 10 s of wall clock,
+    far past label_wait_ms): the transaction is held, not waited for inside the agent, and
+    decided once every label up to its time is applied, with the terminal's risk from all."""
 
     async def main() -> None:
         h = Harness(policy)
@@ -648,61 +664,101 @@ def test_labels_still_streaming_in_reach_the_decision_in_line(policy: Policy) ->
         await h.transactions(history)  # no labels written yet: decided without waiting
         assert len(h.emitter.decisions()) == n
         label_partition = partition_for("T1", P)
-        h.consumer.highs[("labels", label_partition)] = n  # now the backlog of labels
-        h.consumer.starts[("labels", label_partition)] = 0
+        labels_tp = ("labels", label_partition)
+        h.consumer.highs[labels_tp] = n  # now the backlog of labels, not fetched yet
+        h.consumer.starts[labels_tp] = 0
+        h.consumer.fetch_positions[labels_tp] = 0
 
-        deciding = asyncio.ensure_future(h.transactions([tx(n, customer_on(0, 20), "T1")]))
-        await settle()
+        held = await h.transactions([tx(n, customer_on(0, 20), "T1")])
+        assert len(h.emitter.decisions()) == n  # returned at once, holding it
         label_events = []
         for i, past in enumerate(history):
-            assert not deciding.done(), f"decided before label {i}"
-            h.mono.advance(13)
-            label_events += h.labels([fraud_label(past)])
-            await settle()
-        await deciding
-        assert h.mono.now_ms == 13 * n > SETTINGS.label_wait_ms
+            assert len(h.emitter.decisions()) == n, f"decided before label {i}"
+            h.mono.advance(10_000)
+            await h.loop.tick()
+            h.consumer.fetch_positions[labels_tp] = i + 1
+            label_events += await h.labels([fraud_label(past)])
 
         decision = h.emitter.decisions()[-1]
         assert decision.transaction_id == f"tx-{n}"
         assert decision.features["terminal_nb_tx_1d"] == n
         assert decision.features["terminal_risk_1d"] == 1.0
-        assert h.metric("fraud_label_wait_timeouts_total") == 0
+        assert list(decision.incomplete) == []
+        assert h.metric("fraud_incomplete_decisions_total", input="labels") == 0
         assert h.metric("fraud_labels_applied_total") == n
 
-        # the labels are held for the checkpoint that the decided batch started
-        assert all(e.increfs == 1 for e in label_events)
+        # the labels and the transaction are held for the checkpoint
+        assert all(e.increfs == 1 for e in label_events + held)
+        h.mono.advance(250)
+        await h.loop.tick()
         await h.loop.checkpoints.delivered()
-        assert h.acked_once(label_events)
+        assert h.acked_once(label_events + held)
 
     run(main)
 
 
-def test_a_label_stream_that_went_quiet_ends_the_wait(policy: Policy) -> None:
-    """The wait ends ``label_wait_ms`` after the last label applied, and scores without the
-    labels that did not come."""
+def test_labels_that_will_not_come_end_the_wait_and_the_decision_says_so(
+    policy: Policy,
+) -> None:
+    """Nothing left unread, yet a label is missing (the last offset is a transaction marker):
+    the transaction is decided ``label_wait_ms`` after the last label applied, flagged in
+    ``Decision.incomplete`` and counted."""
 
     async def main() -> None:
         h = Harness(policy)
         history = [tx(i, customer_on(0, i), "T1", T - 7 * DAY_MS - HOUR_MS) for i in range(2)]
         await h.transactions(history)
-        label_partition = partition_for("T1", P)
-        h.consumer.highs[("labels", label_partition)] = 2
-        h.consumer.starts[("labels", label_partition)] = 0
+        labels_tp = ("labels", partition_for("T1", P))
+        h.consumer.highs[labels_tp] = 2
+        h.consumer.starts[labels_tp] = 0
+        h.consumer.fetch_positions[labels_tp] = 2  # fetched to the end, offset 1 a marker
 
-        deciding = asyncio.ensure_future(h.transactions([tx(9, customer_on(1), "T1")]))
-        await settle()
+        await h.transactions([tx(9, customer_on(1), "T1")])
         h.mono.advance(100)
-        h.labels([fraud_label(history[0])])  # the second label never comes
-        await settle()
+        await h.labels([fraud_label(history[0])])
         h.mono.advance(249)
-        h.loop.watermarks.recheck()
-        await settle()
-        assert not deciding.done()  # 349 ms since the wait's start, 249 since the label
+        await h.loop.tick()
+        assert len(h.emitter.decisions()) == 2  # 349 ms since the wait's start, 249 since
         h.mono.advance(2)  # past label_wait_ms since the last label applied
-        h.loop.watermarks.recheck()
-        await deciding
+        await h.loop.tick()
         decision = h.emitter.decisions()[-1]
+        assert decision.transaction_id == "tx-9"
         assert decision.features["terminal_risk_1d"] == 0.5
-        assert h.metric("fraud_label_wait_timeouts_total") == 1
+        assert list(decision.incomplete) == [INCOMPLETE_LABELS]
+        assert h.metric("fraud_incomplete_decisions_total", input="labels") == 1
+
+    run(main)
+
+
+def test_labels_unread_in_kafka_are_waited_for_on_the_hop_too(policy: Policy) -> None:
+    """Two-stage: the terminal agent holds a repartition record while its labels are unread,
+    returns at once, and decides it when they are applied."""
+
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        past = tx(1, customer_on(0), "T1", T - 7 * DAY_MS - HOUR_MS)
+        await h.transactions([past])
+        await h.loop.on_repartitioned(h.hop_records(), [h.event("hop-0")])
+        assert len(h.emitter.decisions()) == 1
+        labels_tp = ("labels", partition_for("T1", P))
+        h.consumer.highs[labels_tp] = 1
+        h.consumer.starts[labels_tp] = 0
+        h.consumer.fetch_positions[labels_tp] = 0
+        h.emitter.sent.clear()
+        events = await h.transactions([tx(2, customer_on(1), "T1")])
+        hop_event = h.event("hop-1")
+        await h.loop.on_repartitioned(h.hop_records(), [hop_event])
+        h.mono.advance(3_600_000)
+        await h.loop.tick()
+        assert h.emitter.decisions() == []  # held, however long
+        assert h.loop.consumed.offsets()[(REPARTITION, partition_for("T1", P))] == 1  # not past it
+        h.consumer.fetch_positions[labels_tp] = 1
+        await h.labels([fraud_label(past)])
+        [decision] = h.emitter.decisions()
+        assert decision.features["terminal_risk_1d"] == 1.0
+        assert list(decision.incomplete) == []
+        await h.loop.tick()
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once([hop_event, *events])
 
     run(main)

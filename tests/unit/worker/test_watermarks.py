@@ -1,11 +1,10 @@
-"""The terminal stage's label watermarks (pure; the asyncio wait with a short timeout)."""
+"""The terminal stage's label watermarks (pure, no broker, a fake clock)."""
 
 from __future__ import annotations
 
-import asyncio
-
+from fraud.testing import FakeClock
 from fraud.worker.alignment import Position
-from fraud.worker.watermarks import LabelWatermarks
+from fraud.worker.watermarks import LabelWatermarks, Readiness
 
 
 def test_a_labels_partition_never_written_is_caught_up() -> None:
@@ -24,34 +23,61 @@ def test_caught_up_at_the_committed_offset_before_any_label_arrives() -> None:
     assert marks.ready(1, 10**12)
 
 
-def test_label_time_or_caught_up_makes_ready_and_wait_times_out_otherwise() -> None:
+def test_label_time_or_caught_up_makes_ready() -> None:
     positions = {0: Position(10)}
     marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.05)
     assert not marks.ready(0, 1000)
     marks.advance(0, 1000, 3)
     assert marks.ready(0, 1000) and not marks.ready(0, 1001)
-    assert asyncio.run(marks.wait({0: 1001})) is False
-    assert marks.timeouts == 1
+    assert marks.check(0, 1000) is Readiness.READY
     marks.advance(0, 900, 9)  # everything read (offset 9 of 10), label time behind
     assert marks.ready(0, 10**12)
-    assert asyncio.run(marks.wait({0: 10**12})) is True
+    assert marks.check(0, 10**12) is Readiness.READY
     positions[0] = Position(None)  # unknown high watermark: only label time counts
     assert not marks.ready(0, 1001)
 
 
-def test_labels_still_streaming_in_extend_the_wait() -> None:
-    """A backlog of labels read at replay speed: each label applied restarts the wait's
-    timeout, so the wait ends on the needed label, however long the stream takes."""
-    positions = {0: Position(100)}
-    marks = LabelWatermarks(lambda p: positions[p], max_wait_s=0.3)
+def test_unread_labels_are_waited_for_however_long() -> None:
+    """Labels in Kafka that the consumer has not fetched (it lags, or is starved of CPU): the
+    answer stays WAIT through hours of wall clock, and no label is ever skipped."""
+    clock = FakeClock(0)
+    positions = {0: Position(100, start=0, fetched=5)}
+    marks = LabelWatermarks(lambda p: positions[p], 0.25, lambda: clock.now_ms / 1000)
+    for _ in range(5):
+        clock.advance(3_600_000)
+        assert marks.check(0, 40) is Readiness.WAIT
+    marks.advance(0, 40, 39)
+    assert marks.check(0, 40) is Readiness.READY
 
-    async def stream_of_labels() -> bool:
-        waiter = asyncio.ensure_future(marks.wait({0: 40}))
-        for i in range(40):  # 40 labels, one per 20 ms: 0.8 s in all, over twice max_wait_s
-            await asyncio.sleep(0.02)
-            assert not waiter.done()
-            marks.advance(0, i + 1, i)
-        return await waiter
 
-    assert asyncio.run(stream_of_labels()) is True
-    assert marks.timeouts == 0
+def test_nothing_unread_yet_not_applied_ends_max_wait_after_the_last_label() -> None:
+    """Fetched up to the high watermark, but a label is not applied (in flight, or the last
+    offset is a transaction marker): the wait ends ``max_wait_s`` after the later of its
+    start and the last label applied, and the transaction is decided EARLY."""
+    clock = FakeClock(0)
+    positions = {0: Position(10, start=0, fetched=10)}
+    marks = LabelWatermarks(lambda p: positions[p], 0.3, lambda: clock.now_ms / 1000)
+    marks.advance(0, 100, 2)
+    assert marks.check(0, 500) is Readiness.WAIT
+    clock.advance(200)
+    marks.advance(0, 200, 3)  # still streaming in: the wait goes on
+    clock.advance(250)
+    assert marks.check(0, 500) is Readiness.WAIT
+    clock.advance(60)
+    assert marks.check(0, 500) is Readiness.EARLY
+    assert marks.check(0, 150) is Readiness.READY  # within the applied labels
+
+
+def test_ready_prefix_stops_at_the_first_wait_and_flags_early() -> None:
+    clock = FakeClock(0)
+    positions = {
+        0: Position(10, start=0, fetched=10),  # nothing unread: may end early
+        1: Position(10, start=0, fetched=4),  # unread: waits
+    }
+    marks = LabelWatermarks(lambda p: positions[p], 0.1, lambda: clock.now_ms / 1000)
+    marks.advance(0, 100, 2)
+    marks.advance(1, 100, 2)
+    needs = [(0, 50), (1, 90), (0, 150), (0, 160), (1, 200), (0, 10)]
+    assert marks.ready_prefix(needs) == (2, [False, False])
+    clock.advance(150)
+    assert marks.ready_prefix(needs) == (4, [False, False, True, True])

@@ -62,14 +62,15 @@ class Position:
 
     def unread(self, received_next: int | None) -> bool:
         """Kafka holds records of the partition that were not fetched yet: the fetch position
-        (else the next offset to receive, else ``start``) is below the high watermark. A wait
-        on such a partition has data to wait for, and never times out."""
+        (else the next offset to receive, else ``start``) is below the high watermark, or
+        none of them is known yet and the partition is not empty. A wait on such a partition
+        has data to wait for, and never times out."""
         if self.highwater is None:
             return False
         at = self.fetched if self.fetched is not None else received_next
         if at is None:
             at = self.start
-        return at is not None and at < self.highwater
+        return at < self.highwater if at is not None else self.highwater > 0
 
 
 @dataclass

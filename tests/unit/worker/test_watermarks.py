@@ -81,3 +81,18 @@ def test_ready_prefix_stops_at_the_first_wait_and_flags_early() -> None:
     assert marks.ready_prefix(needs) == (2, [False, False])
     clock.advance(150)
     assert marks.ready_prefix(needs) == (4, [False, False, True, True])
+
+
+def test_a_partition_not_fetched_yet_in_a_new_group_is_waited_for() -> None:
+    """No committed offset, no fetch position, nothing received, yet records in Kafka (a
+    worker just started on a new group, its first fetch slow on a busy machine): WAIT, never
+    EARLY, however long the first fetch takes."""
+    clock = FakeClock(0)
+    positions = {0: Position(10)}
+    marks = LabelWatermarks(lambda p: positions[p], 0.25, lambda: clock.now_ms / 1000)
+    clock.advance(60_000)
+    assert marks.check(0, 40) is Readiness.WAIT
+    positions[0] = Position(10, fetched=10)  # fetched to the end: now it may end early
+    assert marks.check(0, 40) is Readiness.WAIT
+    clock.advance(300)
+    assert marks.check(0, 40) is Readiness.EARLY

@@ -1,7 +1,7 @@
 """Every feature of every decision, through the broker, against the batch reference.
 
     python benchmarks/exactness.py [--customers 1700] [--days 60] [--step 500]
-        [--max-speed [--batch 500]] [--engine kafka|noida]
+        [--max-speed [--batch 500] [--labels all|fraud] [--starve-cpu]] [--engine kafka|noida]
 
 Simulates a labelled file (with coordinates), starts a local broker (Apache Kafka, or the
 emulator; --engine) and a worker, replays the file with labels 7 days after each transaction,
@@ -9,13 +9,17 @@ and compares each decision's features with tests/batch_reference.py (computed fr
 definitions, in batch) to 1e-9. By default the replay goes in closed-loop steps (produce a step,
 wait for its decisions), which keeps the customer partitions together; --max-speed replays the
 whole file into Kafka before the worker starts, the hardest backlog: the worker's event-time
-alignment (fraud/worker/alignment.py) must keep its customer partitions together. Prints a
-table, writes benchmarks/results/exactness.json.
+alignment (fraud/worker/alignment.py) must keep its customer partitions together.
+--starve-cpu pins the worker to one core shared with two busy loops while it catches up
+(fraud/tools/starve.py): it must decide later, never differently. Prints a table, writes
+benchmarks/results/exactness-<mode>.json. The handbook's size: --customers 5000 --days 183
+(about 1.75 M transactions).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +41,7 @@ from fraud.settings import Settings  # noqa: E402
 from fraud.testing import StepReplay  # noqa: E402
 from fraud.tools.demo import worker_process  # noqa: E402
 from fraud.tools.simulate import SimulationConfig, simulate, write_file  # noqa: E402
+from fraud.tools.starve import CpuStarvation  # noqa: E402
 from tests.batch_reference import batch_features  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,9 +60,19 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--batch", type=int, default=1,
-        help="with --max-speed: transactions per TransactionBatch record, and fraud labels only",
+        help="with --max-speed: transactions per TransactionBatch record",
+    )  # fmt: skip
+    parser.add_argument(
+        "--labels", choices=["all", "fraud"], default=None,
+        help="with --max-speed: a label for every transaction, or for frauds only "
+        "(default: fraud with --batch > 1, else all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--starve-cpu", action="store_true",
+        help="with --max-speed: the worker shares one core with two busy loops",
     )  # fmt: skip
     args = parser.parse_args()
+    fraud_only = (args.labels or ("fraud" if args.batch > 1 else "all")) == "fraud"
 
     work = Path(tempfile.mkdtemp(prefix="fraud-exactness-"))
     sim = simulate(
@@ -84,12 +99,13 @@ def main() -> None:
         if args.max_speed:
             replay(
                 settings, path, label_delay_ms=LABEL_DELAY_DAYS * DAY_MS, batch=args.batch,
-                fraud_labels_only=args.batch > 1,
+                fraud_labels_only=fraud_only,
             )  # fmt: skip
         started = time.perf_counter()
-        with worker_process(settings, work, print):
+        with worker_process(settings, work, print) as worker:
             if args.max_speed:
-                steps.collect(n, timeout_s=3600)
+                with CpuStarvation(worker.pid) if args.starve_cpu else contextlib.nullcontext():
+                    steps.collect(n, timeout_s=4 * 3600)
             else:
                 for first in range(0, n, 20 * args.step):
                     steps.run(first, min(n, first + 20 * args.step), step=args.step)
@@ -101,11 +117,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)  # the broker's log: GBs for large runs
 
     got = np.full_like(want, np.nan)
-    seen = 0
+    ids = {d.transaction_id for d in steps.decisions}
+    seen = len(ids)
+    repeated = len(steps.decisions) - seen
+    incomplete = sum(1 for d in steps.decisions if d.incomplete)
     for d in steps.decisions:
         i = int(d.transaction_id)
         got[i] = [d.features[name] for name in ALL_FEATURES]
-        seen += 1
     rows = []
     total_bad = 0
     for j, name in enumerate(ALL_FEATURES):
@@ -118,16 +136,23 @@ def main() -> None:
     for r in rows:
         print(f"{r['feature']:<26}{r['mismatches']:>12,}{r['max_abs_diff']:>14.3g}")
     mode = f"closed-loop steps of {args.step}"
+    slug = "steps"
     if args.max_speed:
         mode = "backlog at max speed" + (f", batches of {args.batch}" if args.batch > 1 else "")
-    verdict = "EXACT" if total_bad == 0 and seen == n else "NOT EXACT"
+        mode += ", fraud labels only" if fraud_only else ", every label"
+        mode += ", worker starved of CPU" if args.starve_cpu else ""
+        slug = f"backlog-b{args.batch}-{'fraud' if fraud_only else 'all'}"
+        slug += "-starved" if args.starve_cpu else ""
+    exact = total_bad == 0 and seen == n and repeated == 0 and incomplete == 0
+    verdict = "EXACT" if exact else "NOT EXACT"
     print(
-        f"\n{verdict}: {n:,} transactions, {seen:,} decisions, {total_bad:,} feature values off "
-        f"by more than 1e-9 ({mode}; stream {stream_s:.0f} s = {n / stream_s:,.0f} tx/s, batch "
-        f"reference {batch_s:.0f} s)"
+        f"\n{verdict}: {n:,} transactions, {seen:,} decided, {repeated:,} decided twice, "
+        f"{incomplete:,} flagged incomplete, {total_bad:,} feature values off by more than "
+        f"1e-9 ({mode}; stream {stream_s:.0f} s = {n / stream_s:,.0f} tx/s, batch reference "
+        f"{batch_s:.0f} s)"
     )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "exactness.json"
+    out = RESULTS / f"exactness-{slug}.json"
     out.write_text(
         json.dumps(
             {
@@ -135,6 +160,9 @@ def main() -> None:
                 "machine": f"{platform.machine()} cores={os.cpu_count()}",
                 "transactions": n,
                 "decisions": seen,
+                "decided_twice": repeated,
+                "incomplete": incomplete,
+                "stream_s": round(stream_s, 1),
                 "mode": mode,
                 "broker": {"engine": broker.engine, "version": broker.version},
                 "exact": verdict == "EXACT",

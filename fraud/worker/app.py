@@ -138,6 +138,39 @@ class FaustConsumerView:
         self._app.consumer.resume_partitions(TP(*tp) for tp in tps)
 
 
+class CurrentGeneration:
+    """Keeps the worker's input to the consumer group generation it owns partitions in.
+
+    ``take_events`` yields events it buffered before a rebalance after it: such an event
+    fetched in an earlier generation (Faust stamps ``message.generation_id``), or delivered
+    between a revocation and the next assignment, belongs to partitions this worker may no
+    longer own, and is consumed again from the committed offsets. Handling it would decide it
+    twice, and its offset, committed in the new generation, could move a partition of another
+    worker past records it has not decided.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app  # reads app.consumer_generation_id
+        self.open = True
+        self.dropped = 0
+
+    def revoked(self) -> None:
+        self.open = False
+
+    def assigned(self) -> None:
+        self.open = True
+
+    def current(self, events: Sequence[Any]) -> list[Any]:
+        """The events of the current generation (none while partitions are revoked)."""
+        if not self.open:
+            self.dropped += len(events)
+            return []
+        generation = self._app.consumer_generation_id
+        fresh = [e for e in events if e.message.generation_id == generation]
+        self.dropped += len(events) - len(fresh)
+        return fresh
+
+
 def in_thread(executor: ThreadPoolExecutor) -> FlushRunner:
     """Run each flush in ``executor``'s thread (librdkafka releases the GIL while it waits)."""
 
@@ -319,28 +352,38 @@ def create_app(
         ),
     )
 
+    generation = CurrentGeneration(app)
+
     @app.agent(transactions, name="customers")
     async def customer_agent(stream: Any) -> AsyncIterator[None]:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await loop.on_transactions(_records(events), events)
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            if events := generation.current(batch):
+                await loop.on_transactions(_records(events), events)
             yield None
 
     @app.agent(labels, name="labels")
     async def label_agent(stream: Any) -> AsyncIterator[None]:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await loop.on_labels(_records(events), events)
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            if events := generation.current(batch):
+                await loop.on_labels(_records(events), events)
             yield None
 
     @app.agent(by_terminal, name="terminals")
     async def terminal_agent(stream: Any) -> AsyncIterator[None]:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await loop.on_repartitioned(_records(events), events)
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            if events := generation.current(batch):
+                await loop.on_repartitioned(_records(events), events)
             yield None
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Set[TP], **kwargs: Any) -> None:
         if revoked:
+            generation.revoked()
             await loop.on_revoked()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Set[TP], **kwargs: Any) -> None:
+        generation.assigned()
 
     @app.timer(interval=settings.batch_within_s * 10)  # type: ignore[untyped-decorator]
     async def release_held() -> None:

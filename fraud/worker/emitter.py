@@ -247,8 +247,12 @@ class TransactionalEmitter(KafkaEmitter):
             )
         self._retrying(lambda: self._producer.commit_transaction(30.0))
         if self._errors:
-            # A delivery failed, yet the commit went through: never silently.
+            # A delivery failed, yet the commit went through: never silently. The transaction
+            # is over either way: the next send opens a new one.
             errors, self._errors = self._errors, []
+            self._open = False
+            self._sent.clear()
+            self._offsets.clear()
             raise EmitError(f"output to Kafka failed: {'; '.join(errors[:3])}")
 
     def _resend(self) -> None:

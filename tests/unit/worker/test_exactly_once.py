@@ -4,14 +4,16 @@ offsets with, and the offsets a commit may store."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError
 from prometheus_client import CollectorRegistry
 
 from fraud.metrics import WorkerMetrics
 from fraud.worker.checkpoint import Consumed, Delivery, Offsets
-from fraud.worker.emitter import GroupMember
+from fraud.worker.emitter import EmitError, GroupMember, TransactionalEmitter
 from tests.unit.worker.test_loop import Background, FakeEmitter, settle
 
 
@@ -82,3 +84,71 @@ def test_a_delivery_whose_agent_is_cancelled_still_completes_and_counts() -> Non
         assert emitter.flushes == 2
 
     asyncio.run(main())
+
+
+class FakeTxnProducer:
+    """The transactional calls of a confluent Producer; a produce's delivery fails when the
+    topic is ``refused`` (reported at commit time, as librdkafka does)."""
+
+    def __init__(self, refused: str) -> None:
+        self.refused = refused
+        self.calls: list[str] = []
+        self._reports: list[tuple[Any, str]] = []
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init")
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, value: bytes, **kwargs: Any) -> None:
+        self.calls.append(f"produce {topic}")
+        self._reports.append((kwargs["on_delivery"], topic))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self.calls.append("offsets")
+
+    def commit_transaction(self, timeout: float) -> None:
+        for callback, topic in self._reports:
+            error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if topic == self.refused else None
+            callback(error, FakeMsg(topic))
+        self._reports.clear()
+        self.calls.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+
+@dataclass
+class FakeMsg:
+    name: str
+
+    def topic(self) -> str:
+        return self.name
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+
+def test_a_commit_that_went_through_with_a_failed_delivery_ends_its_transaction() -> None:
+    """The failure is raised, and the next send opens a new transaction with none of the
+    committed one's records to send again."""
+    emitter = TransactionalEmitter(
+        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
+    )
+    fake = FakeTxnProducer(refused="too-big")
+    emitter._producer = fake  # type: ignore[assignment]
+    emitter.send("too-big", None, b"x")
+    emitter.send("decisions", None, b"y")
+    with pytest.raises(EmitError, match="output to Kafka failed"):
+        emitter.deliver({})
+    fake.calls.clear()
+    emitter.send("decisions", None, b"z")
+    emitter.deliver({})
+    assert fake.calls == ["begin", "produce decisions", "commit"]

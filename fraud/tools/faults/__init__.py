@@ -6,4 +6,7 @@ input during a replay on a 3-node Kafka cluster, each run compared with a clean 
 - ``malformed``: the malformed messages of scenario 4 (pure, seeded).
 - ``harness``: the cluster, worker, replay, reader and writer processes.
 - ``suite``: one scenario run, and the suite around it.
+- ``sinkcount``: scenario 5's expected-vs-delivered accounting of the alert sinks (pure).
+- ``sinkrig``, ``sinkrun``, ``sinkchild``: scenario 5's servers on 127.0.0.1, sink processes
+  and run.
 """

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+SINKS = "sinks"  # scenario 5: run by the sink harness, not by fault steps
+
 
 class Fault(enum.Enum):
     KILL_WORKER = "kill-worker"  # SIGKILL, restarted at once on the same data dir
@@ -127,18 +129,75 @@ def scenarios(
             (),
             malformed=malformed,
         ),
+        SINKS: Scenario(
+            SINKS,
+            "alert sinks against real servers: webhook endpoints healthy, down then up, "
+            "HTTP 500, slow; SMTP down then up",
+            1,
+            (),
+        ),
     }
 
 
-# The issue numbers its scenarios 1-5; 5 (the sinks) is not part of this suite; 0 is the
-# control.
+# The issue numbers its scenarios 1-5; 0 is the control.
 GROUPS: dict[str, tuple[str, ...]] = {
     "0": ("steady",),
     "1": ("sigkill",),
     "2": ("sigterm", "rebalance"),
     "3": ("leader", "controller", "cluster"),
     "4": ("malformed",),
+    "5": (SINKS,),
 }
+
+
+@dataclass(frozen=True)
+class SinkPlan:
+    """Scenario 5's faults and the webhook sink's schedule for them.
+
+    The recovering endpoint and the SMTP server are down for ``outage_s`` from the first alert
+    the healthy endpoint receives; the slow endpoint answers after ``slow_s``, past the
+    subscription's ``timeout_s``. ``delays`` (the retry topics) and ``breaker_reset_s`` are
+    scaled to the outage so that every delivery of the outage gets an attempt after the
+    endpoint is back and its breaker has let a trial through (``covers_outage``), and the
+    failing endpoints' deliveries are dead-lettered within minutes, not the production
+    schedule's quarter-hour.
+    """
+
+    outage_s: float = 60.0
+    slow_s: float = 5.0
+    timeout_s: float = 2.0
+    delays: tuple[float, ...] = (1.0, 10.0, 30.0, 120.0)
+    breaker_reset_s: float = 15.0
+    jitter: float = 0.2  # the sink's RetryPolicy default
+
+    @property
+    def covers_outage(self) -> bool:
+        """The last attempt, at the earliest (all jitter down), comes after the outage and one
+        breaker reset: a delivery made as the outage starts is still delivered."""
+        return sum(self.delays) * (1 - self.jitter) > self.outage_s + self.breaker_reset_s
+
+    @property
+    def dead_letter_within_s(self) -> float:
+        """The latest a delivery that fails every attempt is dead-lettered after its alert:
+        the whole schedule, all jitter up, and a timeout per attempt."""
+        attempts = len(self.delays) + 1
+        return sum(self.delays) * (1 + self.jitter) + attempts * self.timeout_s
+
+
+def sink_plan(outage_s: float = 60.0, slow_s: float = 5.0) -> SinkPlan:
+    """The schedule for an outage of ``outage_s``: (1, o/6, o/2, 2o) s retries, o/4 reset."""
+    if outage_s <= 0:
+        raise ValueError(f"the outage must be positive: {outage_s}")
+    if slow_s <= 0:
+        raise ValueError(f"the slow answer must take time: {slow_s}")
+    delays = (min(1.0, outage_s / 6), outage_s / 6, outage_s / 2, 2 * outage_s)
+    plan = SinkPlan(
+        outage_s=outage_s, slow_s=slow_s, timeout_s=min(2.0, slow_s / 2), delays=delays,
+        breaker_reset_s=max(1.0, outage_s / 4),
+    )  # fmt: skip
+    if not plan.covers_outage:
+        raise ValueError(f"an outage of {outage_s} s is shorter than the breaker's reset")
+    return plan
 
 
 def pick(names: Iterable[str], known: Iterable[str]) -> list[str]:

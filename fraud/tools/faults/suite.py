@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraud.tools.faults.harness import (
     Cluster,
@@ -28,6 +29,10 @@ from fraud.tools.faults.outcome import (
     recovery_times,
 )
 from fraud.tools.faults.plan import Fault, Scenario, Step
+
+if TYPE_CHECKING:
+    from fraud.tools.faults.sinkcount import SinkRow
+    from fraud.tools.faults.sinkrun import SinkConfig
 
 Say = Callable[[str], None]
 RESTART_ESTIMATE_S = 10.0  # a worker's restart, to pace the replay over a scenario's faults
@@ -364,6 +369,18 @@ class Suite:
             row.error = str(exc)
             return row
         row = row_of(scenario, result, self.sent, self.clean)
+        row.notes.append(f"ran {time.monotonic() - started:.0f} s")
+        return row
+
+    def run_sinks(self, config: SinkConfig) -> SinkRow:
+        """Scenario 5 (``fraud.tools.faults.sinkrun``): needs no clean decision run."""
+        from fraud.tools.faults.sinkrun import run_sinks
+
+        started = time.monotonic()
+        row = run_sinks(
+            self.cluster, self.path, len(self.sent), self.config.workdir, self.config.seed,
+            config, self.say,
+        )  # fmt: skip
         row.notes.append(f"ran {time.monotonic() - started:.0f} s")
         return row
 

@@ -124,8 +124,8 @@ def test_pick_takes_numbers_and_names_in_suite_order() -> None:
     assert pick(["4", "1"], known) == ["sigkill", "malformed"]
     assert pick(["leader", "2"], known) == ["sigterm", "rebalance", "leader"]
     assert set(itertools.chain(*GROUPS.values())) == set(known)
-    with pytest.raises(ValueError, match="unknown scenario '5'"):
-        pick(["5"], known)
+    with pytest.raises(ValueError, match="unknown scenario '6'"):
+        pick(["6"], known)
 
 
 def test_replay_rate_spreads_the_file_over_the_faults() -> None:

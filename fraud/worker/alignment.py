@@ -51,20 +51,37 @@ class Position:
     start: int | None = None
     # The consumer's fetch position (past transaction markers), when it knows one.
     fetched: int | None = None
+    # The next offset after the last data record it fetched in this generation (None: none).
+    handed: int | None = None
 
     def caught_up(self, received_next: int | None) -> bool:
         """Everything written was received: nothing was ever written, or the next offset to
-        receive (``received_next``, else ``start``) has reached the high watermark."""
+        receive (``received_next``, else ``start``) has reached the high watermark, or the
+        consumer fetched up to the high watermark and every data record it fetched was
+        received (what is left between is transaction markers)."""
         nxt = received_next if received_next is not None else self.start
-        return self.highwater == 0 or (
-            self.highwater is not None and nxt is not None and nxt >= self.highwater
+        if self.highwater == 0:
+            return True
+        if self.highwater is None or nxt is None:
+            return False
+        if nxt >= self.highwater:
+            return True
+        return (
+            self.fetched is not None
+            and self.fetched >= self.highwater
+            and self.handed is not None
+            and received_next is not None
+            and received_next >= self.handed
         )
 
     def unread(self, received_next: int | None) -> bool:
-        """Kafka holds records of the partition that were not fetched yet: the fetch position
-        (else the next offset to receive, else ``start``) is below the high watermark, or
-        none of them is known yet and the partition is not empty. A wait on such a partition
-        has data to wait for, and never times out."""
+        """Records of the partition are still to come: Kafka holds some not fetched yet (the
+        fetch position, else the next offset to receive, else ``start``, is below the high
+        watermark, or none of them is known and the partition is not empty), or a fetched
+        data record has not reached the agent yet. A wait on such a partition has data to
+        wait for, and never times out."""
+        if self.handed is not None and (received_next is None or received_next < self.handed):
+            return True
         if self.highwater is None:
             return False
         at = self.fetched if self.fetched is not None else received_next

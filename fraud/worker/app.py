@@ -119,6 +119,15 @@ class FaustConsumerView:
         position: int = state.position
         return position
 
+    def handed(self, tp: TopicPartition) -> int | None:
+        """The next offset after the last data record handed to Faust in this generation."""
+        consumer: Any = self._app.consumer
+        handed = getattr(consumer, "handed", None)
+        if handed is None:
+            return None
+        offset: int | None = handed(TP(*tp), self._app.consumer_generation_id or 0)
+        return offset
+
     def member(self) -> GroupMember:
         """This worker's consumer group membership (aiokafka's coordinator holds it)."""
         consumer: Any = self._app.consumer
@@ -141,32 +150,26 @@ class FaustConsumerView:
 class CurrentGeneration:
     """Keeps the worker's input to the consumer group generation it owns partitions in.
 
-    ``take_events`` yields events it buffered before a rebalance after it: such an event
-    fetched in an earlier generation (Faust stamps ``message.generation_id``), or delivered
-    between a revocation and the next assignment, belongs to partitions this worker may no
-    longer own, and is consumed again from the committed offsets. Handling it would decide it
-    twice, and its offset, committed in the new generation, could move a partition of another
-    worker past records it has not decided.
+    ``take_events`` yields events it buffered before a rebalance after it: such an event,
+    fetched in a generation whose partitions were revoked (Faust stamps
+    ``message.generation_id``), belongs to partitions this worker may no longer own, and is
+    consumed again from the committed offsets. Handling it would decide it twice, and its
+    offset, committed in the new generation, could move a partition of another worker past
+    records it has not decided.
     """
 
     def __init__(self, app: Any) -> None:
         self._app = app  # reads app.consumer_generation_id
-        self.open = True
+        self.revoked_up_to = -1  # the newest generation whose partitions were revoked
         self.dropped = 0
 
     def revoked(self) -> None:
-        self.open = False
-
-    def assigned(self) -> None:
-        self.open = True
+        self.revoked_up_to = max(self.revoked_up_to, int(self._app.consumer_generation_id))
 
     def current(self, events: Sequence[Any]) -> list[Any]:
-        """The events of the current generation (none while partitions are revoked)."""
-        if not self.open:
-            self.dropped += len(events)
-            return []
-        generation = self._app.consumer_generation_id
-        fresh = [e for e in events if e.message.generation_id == generation]
+        """The events fetched after the last revocation."""
+        newest = self.revoked_up_to
+        fresh = [e for e in events if (e.message.generation_id or 0) > newest]
         self.dropped += len(events) - len(fresh)
         return fresh
 
@@ -380,10 +383,6 @@ def create_app(
         if revoked:
             generation.revoked()
             await loop.on_revoked()
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def on_assigned(sender: Any, assigned: Set[TP], **kwargs: Any) -> None:
-        generation.assigned()
 
     @app.timer(interval=settings.batch_within_s * 10)  # type: ignore[untyped-decorator]
     async def release_held() -> None:

@@ -197,6 +197,8 @@ class WorkerLoop:
             lambda p: self.positions.of(self.labels, p), settings.label_wait_ms / 1000, clock
         )
         self.max_held = settings.align_max_held
+        self.clock = clock
+        self._reported_at = clock()
         # Released, waiting for labels before the customer stage (in line), in decision
         # order; and how many per customer partition.
         self.waiting: deque[Waiting] = deque()
@@ -426,6 +428,29 @@ class WorkerLoop:
         if self.checkpoints.due() and not self._lock.locked():
             async with self._lock:
                 await self.checkpoints.if_due()
+        self._report_held()
+
+    def _report_held(self, every_s: float = 10.0) -> None:
+        """Say what is held and why, at most every ``every_s``: a worker that decides nothing
+        for a while tells which input it waits for."""
+        now = self.clock()
+        if now - self._reported_at < every_s:
+            return
+        self._reported_at = now
+        held = self.aligner.held_by_partition()
+        hop = {q: n for q, n in self.hop_rows.items() if n}
+        if not (held or self.waiting or hop):
+            return
+        labels = sorted({w.partition for w in list(self.waiting)[:1]} | set(hop))
+        log.warning(
+            "holding: aligner %s, in line waiting for labels %d (first on labels partition "
+            "%s), hop waiting for labels %s; label positions %s",
+            held,
+            len(self.waiting),
+            labels[:1],
+            hop,
+            {p: self.positions.of(self.labels, p) for p in labels},
+        )
 
     async def on_revoked(self) -> None:
         """Partitions are being revoked (a rebalance): deliver what was handled, with its
@@ -436,6 +461,7 @@ class WorkerLoop:
             await self.checkpoints.deliver_then_ack([])
         finally:
             self.aligner.drop(range(self.partitions))
+            self.watermarks.forget()
             self.waiting.clear()
             self.waiting_on.clear()
             self.hop_waiting.clear()

@@ -38,6 +38,11 @@ class ConsumerView(Protocol):
         """The next offset the consumer will fetch (past transaction markers), if known."""
         ...
 
+    def handed(self, tp: TopicPartition) -> int | None:
+        """The next offset after the last data record the consumer fetched (not a marker)
+        in the current generation, if any."""
+        ...
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None: ...
 
     def resume_partitions(self, tps: Iterable[TopicPartition]) -> None: ...
@@ -58,10 +63,12 @@ class Positions:
             high = self.start_highs.get(tp)
         start = self.consumer.committed(tp)
         fetched = self.consumer.fetched(tp)
+        handed = self.consumer.handed(tp)
         return Position(
             None if high is None else int(high),
             None if start is None else int(start),
             None if fetched is None else int(fetched),
+            None if handed is None else int(handed),
         )
 
     def assigned(self, topic: str) -> dict[int, Position]:

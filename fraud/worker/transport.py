@@ -50,6 +50,25 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return self.thread_class(self, loop=self.loop, beacon=self.beacon)
 
+    def _to_message(self, tp: Any, record: Any) -> Any:
+        """Faust's message, and the next offset after the last data record handed to Faust
+        per partition, with its consumer generation (``handed``)."""
+        message = super()._to_message(tp, record)
+        handed: dict[Any, tuple[int, int]] = self.__dict__.setdefault("_handed", {})
+        generation = message.generation_id or 0
+        before = handed.get(tp)
+        if before is None or before[0] != generation or record.offset + 1 > before[1]:
+            handed[tp] = (generation, record.offset + 1)
+        return message
+
+    def handed(self, tp: Any, generation: int) -> int | None:
+        """The next offset after the last data record of ``tp`` handed to Faust in
+        ``generation`` (None: none yet). With the fetch position it tells a gap of transaction
+        markers (nothing more will come) from records still on their way to an agent."""
+        handed: dict[Any, tuple[int, int]] = self.__dict__.get("_handed", {})
+        got = handed.get(tp)
+        return got[1] if got is not None and got[0] == generation else None
+
 
 class _TransactionalConsumer(_Consumer):
     thread_class = _TransactionalConsumerThread

@@ -58,6 +58,14 @@ class LabelWatermarks:
             self.next_offset[partition] = offset + 1
         self._progress_at[partition] = self._clock()
 
+    def forget(self) -> None:
+        """Partitions were revoked: what was applied is in the recovered state, and the label
+        partitions are consumed again from their committed offsets."""
+        self.event_time.clear()
+        self.next_offset.clear()
+        self._idle_since.clear()
+        self._progress_at.clear()
+
     def ready(self, partition: int, event_time_ms: int) -> bool:
         if self.event_time.get(partition, NO_TIME) >= event_time_ms:
             return True

@@ -83,6 +83,7 @@ class FakeConsumer:
         self.highs: dict[TopicPartition, int] = {tp: 0 for tp in self.assigned}
         self.starts: dict[TopicPartition, int] = {}
         self.fetch_positions: dict[TopicPartition, int] = {}
+        self.handed_next: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
 
     def assignment(self) -> Set[TopicPartition]:
@@ -96,6 +97,9 @@ class FakeConsumer:
 
     def fetched(self, tp: TopicPartition) -> int | None:
         return self.fetch_positions.get(tp)
+
+    def handed(self, tp: TopicPartition) -> int | None:
+        return self.handed_next.get(tp)
 
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
         self.paused.update(tps)

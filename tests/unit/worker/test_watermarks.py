@@ -96,3 +96,17 @@ def test_a_partition_not_fetched_yet_in_a_new_group_is_waited_for() -> None:
     assert marks.check(0, 40) is Readiness.WAIT
     clock.advance(300)
     assert marks.check(0, 40) is Readiness.EARLY
+
+
+def test_a_marker_at_the_end_is_caught_up_once_every_fetched_record_was_received() -> None:
+    """A transactional labels topic: its last offset is a commit marker, which no consumer
+    receives. Fetched to the high watermark and every data record fetched received: READY at
+    once, no timeout. A fetched record not received yet: WAIT, however long."""
+    clock = FakeClock(0)
+    positions = {0: Position(10, start=0, fetched=10, handed=9)}
+    marks = LabelWatermarks(lambda p: positions[p], 0.25, lambda: clock.now_ms / 1000)
+    marks.advance(0, 100, 7)  # offset 8 fetched, still on its way to the agent
+    clock.advance(60_000)
+    assert marks.check(0, 500) is Readiness.WAIT
+    marks.advance(0, 120, 8)  # received: offset 9 is the marker
+    assert marks.check(0, 500) is Readiness.READY

@@ -223,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for the JSON and PNG (default %(default)s)",
     )  # fmt: skip
     p.add_argument(
+        "--processing-guarantee", choices=GUARANTEES, default=None,
+        help="latency, throughput: the benchmarked worker's guarantee, as fraud worker "
+        "--processing-guarantee (env FRAUD_PROCESSING_GUARANTEE; default exactly_once)",
+    )  # fmt: skip
+    p.add_argument(
         "--external", action="store_true",
         help="use the cluster at --brokers instead of starting a local broker",
     )  # fmt: skip
@@ -740,7 +745,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         raise CliError(f"JSON files are for 'fraud bench docs', not 'fraud bench {args.which}'")
 
-    settings = _settings(args)
+    settings = _settings(args).with_overrides(processing_guarantee=args.processing_guarantee)
     choice = BrokerChoice(external=args.external, engine=args.engine)
     if args.which == "latency":
         from fraud.tools.bench.latency import run as run_latency

@@ -41,13 +41,13 @@ RECORDED_DIR: Final = Path("benchmarks/recorded")
 DOC: Final = Path("docs/performance.md")
 
 LATENCY_HEADERS: Final = (
-    "date", "broker", "cpus", "load 1m", "rate tx/s", "sent", "decided", "p50 ms", "p90 ms",
-    "p99 ms", "p99.9 ms", "max ms", "worker ready s",
+    "date", "broker", "guarantee", "cpus", "load 1m", "rate tx/s", "sent", "decided", "p50 ms",
+    "p90 ms", "p99 ms", "p99.9 ms", "max ms", "worker ready s",
 )  # fmt: skip
 THROUGHPUT_HEADERS: Final = (
-    "date", "broker", "cpus", "load 1m", "size", "passthrough msg/s", "bare Faust events/s",
-    "naive tx/s", "replay", "replay tx/s", "max tx/s at p99 < 100 ms: 1 record/tx",
-    "batched",
+    "date", "broker", "guarantee", "cpus", "load 1m", "size", "passthrough msg/s",
+    "bare Faust events/s", "naive tx/s", "replay", "replay tx/s",
+    "max tx/s at p99 < 100 ms: 1 record/tx", "batched",
 )  # fmt: skip
 
 
@@ -90,9 +90,12 @@ def _broker(data: Mapping[str, Any]) -> str:
 
 
 def _machine(data: Mapping[str, Any]) -> list[str]:
+    """Date, broker, the worker's processing guarantee ("-" in runs from before the JSON
+    recorded it), cores and load."""
     return [
         str(_get(data, "machine", "date")),
         _broker(data),
+        str(data.get("processing_guarantee") or "-"),
         str(_get(data, "machine", "cpus")),
         _number(_get(data, "machine", "load_average_1m"), 2),
     ]

@@ -244,6 +244,7 @@ def _run(
         "benchmark": "throughput",
         "machine": machine(),
         "broker": broker_record(used),
+        "processing_guarantee": base.processing_guarantee,
         "quick": quick,
         "limits": limits,
         "replay": replayed,

@@ -75,3 +75,32 @@ def test_usage_measures_another_process_cpu_and_memory() -> None:
     assert used.cpu_cores > 0
     assert used.peak_rss_mb > 64
     assert usage.cpu_seconds(busy.pid) == 0.0  # gone
+
+
+def test_the_benchmarks_score_with_the_shipped_model() -> None:
+    # It pointed at fraud/tables/ after the layout move, so every benchmark ran without it.
+    from fraud.settings import Settings
+    from fraud.tools.bench.latency import BENCH_MODEL, with_bench_model
+
+    assert BENCH_MODEL.is_file()
+    assert with_bench_model(Settings()).model_path == BENCH_MODEL
+
+
+def test_bench_takes_the_processing_guarantee_from_its_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fraud.cli as cli
+
+    seen: list[str] = []
+
+    def fake_run(settings: object, **_kwargs: object) -> dict[str, object]:
+        seen.append(settings.processing_guarantee)  # type: ignore[attr-defined]
+        return {}
+
+    monkeypatch.setattr("fraud.tools.bench.latency.run", fake_run)
+    monkeypatch.delenv("FRAUD_PROCESSING_GUARANTEE", raising=False)
+    assert cli.main(["bench", "latency"]) == 0
+    assert cli.main(["bench", "latency", "--processing-guarantee", "at_least_once"]) == 0
+    monkeypatch.setenv("FRAUD_PROCESSING_GUARANTEE", "at_least_once")
+    assert cli.main(["bench", "latency"]) == 0
+    assert seen == ["exactly_once", "at_least_once", "at_least_once"]

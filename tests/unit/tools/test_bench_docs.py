@@ -32,6 +32,7 @@ def latency_json(date: str, p99_ms: float, engine: str = "kafka") -> dict[str, A
         "machine": {"date": date, "arch": "x86_64", "cpus": 2, "python": "3.11.9",
                     "load_average_1m": 3.456},
         "broker": {"engine": engine, "version": "4.4.0", "bootstrap": "127.0.0.1:9092"},
+        "processing_guarantee": "exactly_once",
         "worker_ready_s": 9.64,
         "result": {
             "run": "200 tx/s", "rate": 200.0, "sent": 2000, "decided": 1999,
@@ -81,8 +82,8 @@ def test_a_latency_json_becomes_one_row_of_its_numbers() -> None:
     header = table.splitlines()[0]
     assert "p99.9 ms" in header and "worker ready s" in header
     assert rows(table) == [[
-        "2026-12-02 05:10 UTC", "Apache Kafka 4.4.0", "2", "3.46", "200", "2,000", "1,999",
-        "12.3", "56.8", "100.0", "1,235", "-", "9.6",
+        "2026-12-02 05:10 UTC", "Apache Kafka 4.4.0", "exactly_once", "2", "3.46", "200",
+        "2,000", "1,999", "12.3", "56.8", "100.0", "1,235", "-", "9.6",
     ]]  # fmt: skip
 
 
@@ -90,7 +91,7 @@ def test_latency_rows_are_sorted_oldest_first() -> None:
     late = latency_json("2026-12-02 05:10 UTC", 10.0)
     early = latency_json("2026-11-25 19:03 UTC", 20.0, engine="noida")
     cells = rows(latency_table([late, early]))
-    assert [(r[0], r[1], r[9]) for r in cells] == [
+    assert [(r[0], r[1], r[10]) for r in cells] == [
         ("2026-11-25 19:03 UTC", "noida-db (emulator) 4.4.0", "20.0"),
         ("2026-12-02 05:10 UTC", "Apache Kafka 4.4.0", "10.0"),
     ]
@@ -107,16 +108,16 @@ def test_the_row_reads_what_the_latency_benchmark_writes() -> None:
     data = latency_json("2026-12-02 05:10 UTC", 0.0)
     data["result"] = latency_row("100 tx/s", result)
     [cells] = rows(latency_table([json.loads(json.dumps(data))]))
-    assert cells[4:7] == ["100", "100", "100"]
-    assert cells[7] == "4.0"  # p50
-    assert cells[9] == "300"  # p99: the HDR histogram keeps 3 significant digits
-    assert cells[11] == "300"  # max
+    assert cells[5:8] == ["100", "100", "100"]
+    assert cells[8] == "4.0"  # p50
+    assert cells[10] == "300"  # p99: the HDR histogram keeps 3 significant digits
+    assert cells[12] == "300"  # max
 
 
 def test_a_throughput_json_becomes_one_row_with_the_best_passing_steps() -> None:
     [cells] = rows(throughput_table([throughput_json()]))
     assert cells == [
-        "2026-12-01 10:00 UTC", "noida-db (emulator) 0.2.3", "2", "1.00", "quick", "123,457",
+        "2026-12-01 10:00 UTC", "noida-db (emulator) 0.2.3", "-", "2", "1.00", "quick", "123,457",
         "3,916", "702", "60,123 in 8 s", "7,911", "500", "1,000",
     ]  # fmt: skip
 

@@ -348,7 +348,7 @@ class Cluster:
                 self.check_step()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.large_base_example])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.large_base_example])
 @given(rng=st.randoms(use_true_random=False), prefilled=st.booleans())
 def test_no_transaction_is_scored_before_older_ones_of_its_hop_partition(
     rng: random.Random, prefilled: bool

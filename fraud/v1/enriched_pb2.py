@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fraud.v1 import transaction_pb2 as fraud_dot_v1_dot_transaction__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66raud/v1/enriched.proto\x12\x08\x66raud.v1\x1a\x1a\x66raud/v1/transaction.proto\"\xef\x01\n\x13\x45nrichedTransaction\x12*\n\x0btransaction\x18\x01 \x01(\x0b\x32\x15.fraud.v1.Transaction\x12\x19\n\x11\x63ustomer_features\x18\x02 \x03(\x01\x12\x16\n\x0eingested_at_ms\x18\x03 \x01(\x03\x12\x14\n\x0csource_topic\x18\x04 \x01(\t\x12\x18\n\x10source_partition\x18\x05 \x01(\x05\x12\x15\n\rsource_offset\x18\x06 \x01(\x03\x12\x14\n\x0csource_index\x18\x07 \x01(\x05\x12\x1c\n\x14incomplete_alignment\x18\x08 \x01(\x08\"=\n\rEnrichedBatch\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.fraud.v1.EnrichedTransactionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66raud/v1/enriched.proto\x12\x08\x66raud.v1\x1a\x1a\x66raud/v1/transaction.proto\"\xef\x01\n\x13\x45nrichedTransaction\x12*\n\x0btransaction\x18\x01 \x01(\x0b\x32\x15.fraud.v1.Transaction\x12\x19\n\x11\x63ustomer_features\x18\x02 \x03(\x01\x12\x16\n\x0eingested_at_ms\x18\x03 \x01(\x03\x12\x14\n\x0csource_topic\x18\x04 \x01(\t\x12\x18\n\x10source_partition\x18\x05 \x01(\x05\x12\x15\n\rsource_offset\x18\x06 \x01(\x03\x12\x14\n\x0csource_index\x18\x07 \x01(\x05\x12\x1c\n\x14incomplete_alignment\x18\x08 \x01(\x08\"b\n\rEnrichedBatch\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.fraud.v1.EnrichedTransaction\x12#\n\x05marks\x18\x02 \x03(\x0b\x32\x14.fraud.v1.SourceMark\"6\n\nSourceMark\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x15\n\revent_time_ms\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENRICHEDTRANSACTION']._serialized_start=66
   _globals['_ENRICHEDTRANSACTION']._serialized_end=305
   _globals['_ENRICHEDBATCH']._serialized_start=307
-  _globals['_ENRICHEDBATCH']._serialized_end=368
+  _globals['_ENRICHEDBATCH']._serialized_end=405
+  _globals['_SOURCEMARK']._serialized_start=407
+  _globals['_SOURCEMARK']._serialized_end=461
 # @@protoc_insertion_point(module_scope)

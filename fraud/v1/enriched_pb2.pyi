@@ -28,7 +28,17 @@ class EnrichedTransaction(_message.Message):
     def __init__(self, transaction: _Optional[_Union[_transaction_pb2.Transaction, _Mapping]] = ..., customer_features: _Optional[_Iterable[float]] = ..., ingested_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., source_index: _Optional[int] = ..., incomplete_alignment: _Optional[bool] = ...) -> None: ...
 
 class EnrichedBatch(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "marks")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MARKS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[EnrichedTransaction]
-    def __init__(self, items: _Optional[_Iterable[_Union[EnrichedTransaction, _Mapping]]] = ...) -> None: ...
+    marks: _containers.RepeatedCompositeFieldContainer[SourceMark]
+    def __init__(self, items: _Optional[_Iterable[_Union[EnrichedTransaction, _Mapping]]] = ..., marks: _Optional[_Iterable[_Union[SourceMark, _Mapping]]] = ...) -> None: ...
+
+class SourceMark(_message.Message):
+    __slots__ = ("partition", "event_time_ms")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    event_time_ms: int
+    def __init__(self, partition: _Optional[int] = ..., event_time_ms: _Optional[int] = ...) -> None: ...

@@ -116,6 +116,10 @@ class EventTimeAligner(Generic[T]):
         # The last release's limit past which items were released early: above the latest
         # event time (+ slack) of a partition skipped as idle; END_TIME when none was.
         self.exact_limit = END_TIME
+        self._limit = NO_TIME  # the release limit of the last release()
+        # Not waited on by the last watermark(): caught up, and skipped as idle.
+        self._caught_up: frozenset[int] = frozenset()
+        self._idle: frozenset[int] = frozenset()
 
     def _part(self, partition: int) -> _Partition[T]:
         part = self._parts.get(partition)
@@ -138,6 +142,32 @@ class EventTimeAligner(Generic[T]):
         part = self._parts.get(partition)
         return part.held[0][1] if part is not None and part.held else None
 
+    def holds(self, partition: int) -> bool:
+        """Whether ``partition`` holds items (received, not released yet)."""
+        part = self._parts.get(partition)
+        return part is not None and bool(part.held)
+
+    def latest(self, partition: int) -> int:
+        """The highest event time received from ``partition`` (``NO_TIME``: none yet)."""
+        part = self._parts.get(partition)
+        return NO_TIME if part is None else part.latest
+
+    @property
+    def last_limit(self) -> int:
+        """The release limit of the last ``release()`` (watermark + slack; ``NO_TIME`` before
+        the first): every held item at or below it was released."""
+        return self._limit
+
+    @property
+    def last_caught_up(self) -> frozenset[int]:
+        """The partitions the last ``watermark()`` found caught up."""
+        return self._caught_up
+
+    @property
+    def last_idle(self) -> frozenset[int]:
+        """The partitions the last ``watermark()`` skipped as idle."""
+        return self._idle
+
     def held_by_partition(self) -> dict[int, int]:
         return {k: len(p.held) for k, p in self._parts.items() if p.held}
 
@@ -155,17 +185,22 @@ class EventTimeAligner(Generic[T]):
         (END_TIME: none)."""
         now = self.clock()
         mark = skipped = END_TIME
+        caught_up: set[int] = set()
+        idle: set[int] = set()
         for partition, pos in positions.items():
             part = self._part(partition)
             if pos.caught_up(part.next_offset):
                 part.active_at = now
+                caught_up.add(partition)
                 continue
             if now - part.active_at > self.idle_s and not pos.unread(part.next_offset):
                 # idle, nothing left unread: stop waiting for it (Kafka Streams'
                 # max.task.idle.ms); what is released past it is early
                 skipped = min(skipped, part.latest)
+                idle.add(partition)
                 continue
             mark = min(mark, part.latest)
+        self._caught_up, self._idle = frozenset(caught_up), frozenset(idle)
         return mark, skipped
 
     def release(self, positions: Mapping[int, Position]) -> list[T]:
@@ -175,6 +210,7 @@ class EventTimeAligner(Generic[T]):
             del self._parts[partition]
         mark, skipped = self._watermark(positions)
         limit = self._plus_slack(mark)
+        self._limit = limit
         self.exact_limit = self._plus_slack(skipped)
         runs: list[list[tuple[int, int, T]]] = []
         for part in self._parts.values():

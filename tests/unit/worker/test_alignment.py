@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from fraud.contracts.units import NO_TIME
 from fraud.testing import FakeClock
 from fraud.worker.alignment import END_TIME, EventTimeAligner, Position
 
@@ -157,3 +158,28 @@ def test_random_backlog_releases_in_event_time_order_up_to_the_slack() -> None:
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError):
         EventTimeAligner(-1, 1.0, lambda: 0.0)
+
+
+def test_accessors_report_the_last_release_and_what_it_did_not_wait_on() -> None:
+    al, clock = make(slack_ms=HOUR, idle_s=5.0)
+    assert al.last_limit == NO_TIME
+    assert al.last_caught_up == frozenset() and al.last_idle == frozenset()
+    assert al.latest(0) == NO_TIME and not al.holds(0)
+    al.add(0, 0, 1 * HOUR, "a")
+    al.add(0, 1, 5 * HOUR, "b")
+    al.add(1, 0, 2 * HOUR, "c")
+    # Partition 0 is caught up; 1 was fetched to its end (a transaction marker left: not
+    # caught up); 2 has never delivered and has records unread.
+    pos = {0: Position(2), 1: Position(2, fetched=2), 2: Position(4, start=0)}
+    assert al.release(pos) == []  # partition 2 holds the watermark at NO_TIME
+    assert al.last_limit == NO_TIME + HOUR
+    assert al.last_caught_up == frozenset({0}) and al.last_idle == frozenset()
+    clock.advance(6_000)  # partition 1 idle now; 2 is waited for however long
+    assert al.release(pos) == []
+    assert al.last_idle == frozenset({1})
+    al.add(2, 0, 3 * HOUR, "d")
+    assert al.release(pos) == ["a", "c", "d"]  # partition 2 reached 3h: limit 4h
+    assert al.last_limit == 4 * HOUR
+    assert al.holds(0) and not al.holds(1) and not al.holds(2)
+    assert al.latest(0) == 5 * HOUR and al.latest(1) == 2 * HOUR
+    assert al.last_caught_up == frozenset({0}) and al.last_idle == frozenset({1})

@@ -28,7 +28,7 @@ from fraud.contracts.wire import (
     validate_transaction,
 )
 from fraud.v1.dead_letter_pb2 import DeadLetter
-from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction
+from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction, SourceMark
 from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
 
 __all__ = [
@@ -226,11 +226,14 @@ def _parse_batch(
 
 
 def decode_enriched(
-    records: Sequence[RawRecord], now_ms: int
+    records: Sequence[RawRecord],
+    now_ms: int,
+    marks: list[Sequence[SourceMark]] | None = None,
 ) -> tuple[Enriched, list[int], list[DeadLetter]]:
     """The repartitioned transactions of ``records`` (one ``EnrichedTransaction``, or an
     ``EnrichedBatch`` under the ``fraud.contract`` header) and the partition each came from;
-    the rest as dead letters."""
+    the rest as dead letters. With ``marks``, each ``EnrichedBatch``'s source marks are
+    appended to it."""
     items: list[EnrichedTransaction] = []
     parts: list[int] = []
     dead: list[DeadLetter] = []
@@ -241,7 +244,10 @@ def decode_enriched(
             continue
         try:
             if rec.contract == ENRICHED_BATCH:
-                received = list(EnrichedBatch.FromString(rec.value or b"").items)
+                batch = EnrichedBatch.FromString(rec.value or b"")
+                received = list(batch.items)
+                if marks is not None:
+                    marks.append(batch.marks)
             else:
                 received = [EnrichedTransaction.FromString(rec.value or b"")]
         except DecodeError as exc:

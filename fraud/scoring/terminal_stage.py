@@ -27,6 +27,7 @@ from fraud.scoring.policy import Policy
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import INCOMPLETE_ALIGNMENT, INCOMPLETE_LABELS, Decision, Reason
+from fraud.v1.enriched_pb2 import SourceMark
 from fraud.v1.label_pb2 import Label
 from fraud.windows.keyed import KeyedBatch
 from fraud.windows.store import StateStore
@@ -128,10 +129,12 @@ class TerminalStage:
         result.dead_letters[:0] = dead
         return result
 
-    def decode(self, records: Sequence[RawRecord]) -> tuple[Enriched, list[int], list[DeadLetter]]:
+    def decode(
+        self, records: Sequence[RawRecord], marks: list[Sequence[SourceMark]] | None = None
+    ) -> tuple[Enriched, list[int], list[DeadLetter]]:
         """Decoded repartitioned transactions and the partition each came from; the rest as
-        dead letters (``fraud.scoring.batch.decode_enriched``)."""
-        return decode_enriched(records, self.clock())
+        dead letters (``fraud.scoring.batch.decode_enriched``); source marks into ``marks``."""
+        return decode_enriched(records, self.clock(), marks)
 
     def process_enriched(
         self,

@@ -107,25 +107,19 @@ class FaustConsumerView:
         return offset
 
     def fetched(self, tp: TopicPartition) -> int | None:
-        """aiokafka's fetch position (Faust has no accessor for it); None until it is known."""
-        consumer: Any = self._app.consumer
-        thread = getattr(consumer, "_thread", None)
-        kafka = getattr(thread, "_consumer", None) if thread is not None else None
-        subscription = getattr(getattr(kafka, "_subscription", None), "subscription", None)
-        assignment = getattr(subscription, "assignment", None)
-        state = assignment.state_value(TP(*tp)) if assignment is not None else None
-        if state is None or not state.has_valid_position:
-            return None
-        position: int = state.position
-        return position
+        """The fetch position as of the last fetch handed to Faust, in this generation."""
+        return self._of_generation("fetched", tp)
 
     def handed(self, tp: TopicPartition) -> int | None:
         """The next offset after the last data record handed to Faust in this generation."""
+        return self._of_generation("handed", tp)
+
+    def _of_generation(self, name: str, tp: TopicPartition) -> int | None:
         consumer: Any = self._app.consumer
-        handed = getattr(consumer, "handed", None)
-        if handed is None:
+        read = getattr(consumer, name, None)  # fraud.worker.transport's consumer
+        if read is None:
             return None
-        offset: int | None = handed(TP(*tp), self._app.consumer_generation_id or 0)
+        offset: int | None = read(TP(*tp), int(self._app.consumer_generation_id or 0))
         return offset
 
     def member(self) -> GroupMember:

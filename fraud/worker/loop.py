@@ -42,7 +42,7 @@ from fraud.scoring.customer_stage import CustomerStage
 from fraud.scoring.terminal_stage import TerminalResult, TerminalStage
 from fraud.settings import Settings, Topics
 from fraud.v1.dead_letter_pb2 import DeadLetter
-from fraud.v1.enriched_pb2 import EnrichedBatch
+from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction, SourceMark
 from fraud.v1.transaction_pb2 import Transaction
 from fraud.worker.alignment import EventTimeAligner
 from fraud.worker.checkpoint import (
@@ -61,9 +61,20 @@ from fraud.worker.partitions import (
     TopicPartition,
     by_terminal_topic,
 )
+from fraud.worker.source_marks import (
+    HopMarks,
+    MarkSender,
+    decode_marks,
+    encode_marks,
+    sender_marks,
+)
 from fraud.worker.watermarks import LabelWatermarks, Readiness
 
 log = logging.getLogger("fraud.worker")
+
+# Marks go to every hop partition at least this often, so that a receiver hears from an idle
+# sender (and a restarted receiver from every sender).
+MARK_HEARTBEAT_S = 1.0
 
 
 class HeldMessage(Protocol):
@@ -197,6 +208,11 @@ class WorkerLoop:
             lambda p: self.positions.of(self.labels, p), settings.label_wait_ms / 1000, clock
         )
         self.max_held = settings.align_max_held
+        # Cross-worker event time on the hop (fraud.worker.source_marks): what this worker's
+        # customer partitions have sent, and what each hop partition heard from every one.
+        self.mark_sender = MarkSender(clock, MARK_HEARTBEAT_S, settings.checkpoint_s)
+        self.hop_marks = HopMarks(settings.partitions)
+        self.need_ms = terminals.config.delay_ms
         self.clock = clock
         self._reported_at = clock()
         # Released, waiting for labels before the customer stage (in line), in decision
@@ -281,8 +297,11 @@ class WorkerLoop:
             items = [self.waiting.popleft() for _ in range(n)]
             for w in items:
                 self.waiting_on[w.held[1].partition] -= 1
+            sent_to: set[int] = set()
             if items:
-                self._enrich(items, in_line, labels_early)
+                sent_to = self._enrich(items, in_line, labels_early)
+            marks_only = [] if in_line else self._send_stale_marks(sent_to)
+            if items or marks_only:
                 events = [w.held[3] for w in items]
                 if in_line:
                     self.checkpoints.hold(events)
@@ -292,9 +311,11 @@ class WorkerLoop:
             await self.checkpoints.if_due()
             self._pause_overfull()
 
-    def _enrich(self, items: Sequence[Waiting], in_line: bool, labels_early: list[bool]) -> None:
+    def _enrich(
+        self, items: Sequence[Waiting], in_line: bool, labels_early: list[bool]
+    ) -> set[int]:
         """The customer stage on ``items``, then the terminal stage in line or the repartition
-        hop."""
+        hop; the hop partitions sent to."""
         started = time.perf_counter()
         result = self.customers.process_parsed(
             [w.held[0] for w in items], [w.held[1] for w in items], [w.held[2] for w in items]
@@ -304,20 +325,47 @@ class WorkerLoop:
             result.columns.incomplete_alignment = [w.early for w in items]
         if in_line:
             self._decide(result.columns, [w.partition for w in items], [], labels_early)
-            return
+            return set()
         enriched = result.enriched
         self.metrics.repartitioned.inc(len(enriched))
+        marks = self._marks()
+        sent_to: set[int] = set()
         for partition, group in group_by_partition(
             enriched, [e.transaction.terminal_id for e in enriched], self.partitions
         ):
-            self.emitter.send(
-                self.repartition,
-                None,
-                EnrichedBatch(items=group).SerializeToString(),
-                partition=partition,
-                headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
-                track_offset=True,
-            )
+            self._send_hop(partition, group, marks)
+            sent_to.add(partition)
+        return sent_to
+
+    def _marks(self) -> dict[int, int]:
+        return sender_marks(self.aligner, self.positions.assigned(self.transactions))
+
+    def _send_hop(
+        self, partition: int, group: Sequence[EnrichedTransaction], marks: dict[int, int]
+    ) -> None:
+        batch = EnrichedBatch(
+            items=group, marks=encode_marks(self.mark_sender.for_partition(partition, marks))
+        )
+        self.emitter.send(
+            self.repartition,
+            None,
+            batch.SerializeToString(),
+            partition=partition,
+            headers=[(CONTRACT_HEADER, ENRICHED_BATCH)],
+            track_offset=True,
+        )
+
+    def _send_stale_marks(self, sent_to: set[int]) -> list[int]:
+        """Marks-only batches to the hop partitions whose marks are stale; which."""
+        if not self.positions.assigned(self.transactions):
+            return []
+        marks = self._marks()
+        stale = self.mark_sender.stale(
+            marks, [q for q in range(self.partitions) if q not in sent_to]
+        )
+        for q in stale:
+            self._send_hop(q, [], marks)
+        return stale
 
     def _pause_overfull(self) -> None:
         """Pause the partitions whose held transactions passed ``align_max_held`` (in the
@@ -380,7 +428,10 @@ class WorkerLoop:
         refused: list[Event] = []
         for rec, event in zip(records, events, strict=True):
             event.message.incref()  # held past take_events' own ack, as in on_transactions
-            columns, parts, dead = self.terminals.decode([rec])
+            marks: list[Sequence[SourceMark]] = []
+            columns, parts, dead = self.terminals.decode([rec], marks)
+            for found in marks:
+                self.hop_marks.observe(rec.partition, decode_marks(found))
             self.outputs.dead(dead)
             if not len(columns):
                 self.consumed.handled((rec.topic, rec.partition), rec.offset)
@@ -402,7 +453,10 @@ class WorkerLoop:
             labels_early: list[bool] = []
             for q, fifo in self.hop_waiting.items():
                 while fifo:
-                    state = self.watermarks.check(q, fifo[0].latest)
+                    latest = fifo[0].latest
+                    if not self.hop_marks.ready(q, latest, self.need_ms):
+                        break  # a customer partition has not sent up to its time yet
+                    state = self.watermarks.check(q, latest)
                     if state is Readiness.WAIT:
                         break
                     hop = fifo.popleft()
@@ -425,6 +479,8 @@ class WorkerLoop:
         """Release what waited on a partition that has since caught up or gone idle, and end a
         checkpoint that traffic stopped before."""
         await self._decide_waiting()
+        if not self.hop.single_stage() and not self._lock.locked():
+            await self.release()  # marks to the hop partitions that have not heard them
         if self.checkpoints.due() and not self._lock.locked():
             async with self._lock:
                 await self.checkpoints.if_due()
@@ -462,6 +518,8 @@ class WorkerLoop:
         finally:
             self.aligner.drop(range(self.partitions))
             self.watermarks.forget()
+            self.mark_sender.forget()
+            self.hop_marks.forget(range(self.partitions))
             self.waiting.clear()
             self.waiting_on.clear()
             self.hop_waiting.clear()

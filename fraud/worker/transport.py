@@ -50,24 +50,47 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return self.thread_class(self, loop=self.loop, beacon=self.beacon)
 
-    def _to_message(self, tp: Any, record: Any) -> Any:
-        """Faust's message, and the next offset after the last data record handed to Faust
-        per partition, with its consumer generation (``handed``)."""
-        message = super()._to_message(tp, record)
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """The records of one fetch; and, as it is handed to Faust, per partition the next
+        offset after its last data record and the fetch position (past transaction markers),
+        with the consumer generation (``handed``, ``fetched``). Taken here, once the fetch is
+        back, not read live: aiokafka moves the position before the records reach Faust."""
+        records = await super()._getmany(active_partitions=active_partitions, timeout=timeout)
+        generation = int(self.app.consumer_generation_id or 0)
         handed: dict[Any, tuple[int, int]] = self.__dict__.setdefault("_handed", {})
-        generation = message.generation_id or 0
-        before = handed.get(tp)
-        if before is None or before[0] != generation or record.offset + 1 > before[1]:
-            handed[tp] = (generation, record.offset + 1)
-        return message
+        for tp, batch in records.items():
+            if batch:
+                handed[tp] = (generation, int(batch[-1].offset) + 1)
+        fetched: dict[Any, tuple[int, int]] = self.__dict__.setdefault("_fetched", {})
+        assignment = _assignment(self)
+        for tp in active_partitions or ():
+            state = assignment.state_value(tp) if assignment is not None else None
+            if state is not None and state.has_valid_position:
+                fetched[tp] = (generation, int(state.position))
+        return records
 
     def handed(self, tp: Any, generation: int) -> int | None:
         """The next offset after the last data record of ``tp`` handed to Faust in
-        ``generation`` (None: none yet). With the fetch position it tells a gap of transaction
-        markers (nothing more will come) from records still on their way to an agent."""
-        handed: dict[Any, tuple[int, int]] = self.__dict__.get("_handed", {})
-        got = handed.get(tp)
-        return got[1] if got is not None and got[0] == generation else None
+        ``generation`` (None: none yet)."""
+        return _of_generation(self.__dict__.get("_handed", {}), tp, generation)
+
+    def fetched(self, tp: Any, generation: int) -> int | None:
+        """The fetch position of ``tp`` when the last fetch was handed to Faust in
+        ``generation`` (None: unknown). With ``handed`` it tells a gap of transaction markers
+        (nothing more will come) from records still on their way to an agent."""
+        return _of_generation(self.__dict__.get("_fetched", {}), tp, generation)
+
+
+def _of_generation(values: dict[Any, tuple[int, int]], tp: Any, generation: int) -> int | None:
+    got = values.get(tp)
+    return got[1] if got is not None and got[0] == generation else None
+
+
+def _assignment(consumer: Any) -> Any:
+    """aiokafka's current assignment (Faust has no accessor for it), or None."""
+    kafka = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    subscription = getattr(getattr(kafka, "_subscription", None), "subscription", None)
+    return getattr(subscription, "assignment", None)
 
 
 class _TransactionalConsumer(_Consumer):

@@ -284,10 +284,15 @@ class Harness:
         await self.loop.on_labels(records, events)
         return events
 
-    def hop_records(self) -> list[RawRecord]:
-        """What the emitter sent on the repartition topic, as the terminal agent reads it."""
+    def hop_sent(self) -> list[Sent]:
+        """The repartition records sent with transactions in them (not marks only)."""
+        return [s for s in self.emitter.on(REPARTITION) if EnrichedBatch.FromString(s.value).items]
+
+    def hop_records(self, items_only: bool = False) -> list[RawRecord]:
+        """What the emitter sent on the repartition topic, as the terminal agent reads it
+        (``items_only``: not the marks-only records)."""
         records = []
-        for s in self.emitter.on(REPARTITION):
+        for s in self.hop_sent() if items_only else self.emitter.on(REPARTITION):
             assert s.partition is not None and s.offset is not None
             records.append(
                 RawRecord(None, s.value, REPARTITION, s.partition, s.offset, T, ENRICHED_BATCH)
@@ -364,7 +369,7 @@ def test_in_line_when_every_partition_is_owned_and_the_hop_is_drained(policy: Po
         assert h.loop.hop.single_stage()
         events = await h.transactions([tx(1, customer_on(0)), tx(2, customer_on(1))])
         assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
-        assert h.emitter.on(REPARTITION) == []
+        assert h.hop_sent() == []
         assert h.metric("fraud_repartitioned_transactions_total") == 0
         assert [e.acks for e in events] == [0, 0]
         assert h.emitter.flushes == 0  # the decisions wait for the checkpoint's flush
@@ -381,7 +386,7 @@ def test_a_partition_not_owned_turns_the_hop_on(policy: Policy, missing: str) ->
         # both on partition 0 of the transactions, which stays assigned
         events = await h.transactions([tx(1, customer_on(0), "T1"), tx(2, customer_on(0, 1), "T1")])
         assert h.emitter.decisions() == []
-        [sent] = h.emitter.on(REPARTITION)
+        [sent] = h.hop_sent()
         assert sent.partition == partition_for("T1", P)
         assert sent.headers == [(CONTRACT_HEADER, ENRICHED_BATCH)]
         batch = EnrichedBatch.FromString(sent.value)
@@ -390,7 +395,11 @@ def test_a_partition_not_owned_turns_the_hop_on(policy: Policy, missing: str) ->
         # on the hop, a batch is acknowledged once delivered, at once
         assert h.acked_once(events)
         assert h.journal.index(("flush", "")) < h.journal.index(("ack", "tx-1"))
-        assert h.loop.hop.sent == {sent.partition: 0}
+        assert h.loop.hop.sent[sent.partition] == sent.offset
+        # and every other hop partition hears this worker's marks, in a marks-only record
+        others = [s for s in h.emitter.on(REPARTITION) if s is not sent]
+        assert {s.partition for s in others} == set(range(P)) - {sent.partition}
+        assert all(EnrichedBatch.FromString(s.value).marks for s in [sent, *others])
 
     run(main)
 
@@ -400,19 +409,23 @@ def test_hop_records_sent_but_not_processed_keep_the_hop_on(policy: Policy) -> N
         h = Harness(policy)
         h.consumer.assigned.discard(("labels", 0))
         await h.transactions([tx(1, customer_on(0), "T1")])
-        [hop_record] = h.hop_records()
+        [hop_record] = h.hop_records(items_only=True)
         p = hop_record.partition
-        h.consumer.highs[(REPARTITION, p)] = hop_record.offset + 1
+        everything = h.hop_records()  # with the marks-only records to the other partition
+        for rec in everything:
+            h.consumer.highs[(REPARTITION, rec.partition)] = rec.offset + 1
         h.consumer.assigned.add(("labels", 0))  # every partition owned again ...
         assert not h.loop.hop.single_stage()  # ... but the hop's record is not processed yet
 
-        await h.loop.on_repartitioned([hop_record], [h.event("hop")])
+        await h.loop.on_repartitioned(
+            everything, [h.event(f"hop{rec.offset}") for rec in everything]
+        )
         assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1"]
-        assert h.loop.hop.processed == {p: hop_record.offset + 1}
+        assert h.loop.hop.processed[p] == hop_record.offset + 1
         assert h.loop.hop.single_stage()
         await h.transactions([tx(2, customer_on(0), "T1")])
         assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
-        assert len(h.hop_records()) == 1
+        assert len(h.hop_records(items_only=True)) == 1
 
         # records on the hop from another worker, not processed here: not drained
         h.consumer.highs[(REPARTITION, 1 - p)] = 3
@@ -425,11 +438,11 @@ def test_a_rebalance_that_takes_a_partition_away_turns_the_hop_back_on(policy: P
     async def main() -> None:
         h = Harness(policy)
         await h.transactions([tx(1, customer_on(0), "T1")])
-        assert h.emitter.on(REPARTITION) == [] and len(h.emitter.decisions()) == 1
+        assert h.hop_sent() == [] and len(h.emitter.decisions()) == 1
         h.consumer.assigned.discard((REPARTITION, 0))
         assert not h.loop.hop.single_stage()
         await h.transactions([tx(2, customer_on(0), "T1")])
-        assert len(h.emitter.on(REPARTITION)) == 1 and len(h.emitter.decisions()) == 1
+        assert len(h.hop_sent()) == 1 and len(h.emitter.decisions()) == 1
 
     run(main)
 
@@ -440,7 +453,7 @@ def test_single_stage_off_in_the_settings_always_takes_the_hop(policy: Policy) -
         assert not h.loop.hop.single_stage()
         events = await h.transactions([tx(1, customer_on(0))])
         assert h.emitter.decisions() == []
-        assert len(h.emitter.on(REPARTITION)) == 1
+        assert len(h.hop_sent()) == 1
         assert h.acked_once(events)
 
     run(main)
@@ -742,7 +755,8 @@ def test_labels_unread_in_kafka_are_waited_for_on_the_hop_too(policy: Policy) ->
         h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
         past = tx(1, customer_on(0), "T1", T - 7 * DAY_MS - HOUR_MS)
         await h.transactions([past])
-        await h.loop.on_repartitioned(h.hop_records(), [h.event("hop-0")])
+        first = h.hop_records()  # with the marks-only record to the other partition
+        await h.loop.on_repartitioned(first, [h.event(f"hop-0-{r.offset}") for r in first])
         assert len(h.emitter.decisions()) == 1
         labels_tp = ("labels", partition_for("T1", P))
         h.consumer.highs[labels_tp] = 1
@@ -750,12 +764,14 @@ def test_labels_unread_in_kafka_are_waited_for_on_the_hop_too(policy: Policy) ->
         h.consumer.fetch_positions[labels_tp] = 0
         h.emitter.sent.clear()
         events = await h.transactions([tx(2, customer_on(1), "T1")])
+        [record] = h.hop_records(items_only=True)
         hop_event = h.event("hop-1")
-        await h.loop.on_repartitioned(h.hop_records(), [hop_event])
+        await h.loop.on_repartitioned([record], [hop_event])
         h.mono.advance(3_600_000)
         await h.loop.tick()
         assert h.emitter.decisions() == []  # held, however long
-        assert h.loop.consumed.offsets()[(REPARTITION, partition_for("T1", P))] == 1  # not past it
+        q = partition_for("T1", P)
+        assert h.loop.consumed.offsets()[(REPARTITION, q)] == record.offset  # not past it
         h.consumer.fetch_positions[labels_tp] = 1
         await h.labels([fraud_label(past)])
         [decision] = h.emitter.decisions()

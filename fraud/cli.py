@@ -451,18 +451,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "dlq",
-        help="list or re-drive webhook dead letters",
-        description="List the webhook deliveries that ended in the dead-letter topic, or "
-        "re-drive them (all, by endpoint, or by event id) once the endpoint is fixed. A "
-        "re-driven letter is marked and not re-driven twice.",
+        help="list or re-drive the webhook or notifier dead letters",
+        description="List the webhook deliveries (or, with --sink notifier, the emails and SMS) "
+        "that ended in a dead-letter topic, or re-drive them once the endpoint (or SMTP server, "
+        "SMS gateway) is fixed: all, by endpoint, channel, recipient or event id. A re-driven "
+        "letter is marked and not re-driven twice. The notifier's letters are sent again by this "
+        "command itself, through the senders of --config. See docs/sinks.md.",
     )
     p.add_argument("action", choices=["list", "redrive"])
-    p.add_argument("--endpoint", help="subscription id or URL")
-    p.add_argument("--event-id", help="event id or alert id")
+    p.add_argument(
+        "--sink", choices=["webhooks", "notifier"], default="webhooks",
+        help="whose dead letters (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--endpoint", help="webhooks: subscription id or URL")
+    p.add_argument("--channel", choices=["email", "sms"], help="notifier: email or sms")
+    p.add_argument("--recipient", help="notifier: email address or phone number")
+    p.add_argument(
+        "--event-id",
+        help="event id or alert id (notifier: alert id, or the source record's "
+        "topic:partition:offset)",
+    )
     p.add_argument("--all", action="store_true", help="with redrive: every dead letter")
     p.add_argument(
         "--include-redriven", action="store_true", help="with list: also re-driven letters"
     )
+    p.add_argument(
+        "--config", type=Path,
+        help="notifier: its config (TOML), needed by redrive to render and send",
+    )  # fmt: skip
     _add_kafka(p)
 
     p = sub.add_parser(
@@ -785,8 +801,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    if args.sink == "notifier":
+        return _notifier_dlq(args)
     from fraud.sinks.webhooks.dlq import list_dead_letters, redrive
 
+    if args.channel or args.recipient or args.config:
+        raise CliError("--channel, --recipient and --config are for --sink notifier")
     settings = _settings(args)
     if args.action == "list":
         entries = list_dead_letters(
@@ -804,6 +824,33 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     count = redrive(settings, endpoint=args.endpoint, event_id=args.event_id, all=args.all)
     print(f"re-driven: {count}")
     return 0
+
+
+def _notifier_dlq(args: argparse.Namespace) -> int:
+    from fraud.sinks.notify import dlq
+    from fraud.sinks.notify.routing import ConfigError, load_config
+
+    if args.endpoint:
+        raise CliError("--endpoint is for --sink webhooks; use --channel or --recipient")
+    settings = _settings(args)
+    selector = dlq.Selector(args.channel, args.recipient, args.event_id)
+    if args.action == "list":
+        entries = dlq.list_dead_letters(settings, selector, include_redriven=args.include_redriven)
+        for entry in entries:
+            print(entry.summary())
+        print(f"{len(entries)} dead letters")
+        return 0
+    if not args.all and selector.empty:
+        raise CliError("redrive needs --all, --channel, --recipient or --event-id")
+    if args.config is None or not args.config.is_file():
+        raise CliError("redrive --sink notifier needs --config, the notifier's config file")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    result = dlq.redrive(settings, config, selector, all=args.all)
+    print(result.line())
+    return 1 if result.failed else 0  # a send failed again: those letters are still dead
 
 
 def _day_ms(day: date | None) -> int | None:

@@ -7,6 +7,8 @@ import contextlib
 import email
 import email.policy
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +25,8 @@ from aiosmtpd.controller import Controller
 from fraud.broker import TopicSpec, ensure_topics, free_port
 from fraud.contracts.dead_letter import DeadLetter, dead_letter_headers, decode_dead_letter
 from fraud.settings import Settings
+from fraud.sinks.notify import dlq
+from fraud.sinks.notify.routing import load_config
 from fraud.sinks.notify.service import NotifierStats, dlq_topic, run_notifier
 from fraud.v1.alert_pb2 import Alert
 from fraud.v1.decision_pb2 import Action, Decision, Reason
@@ -493,3 +497,90 @@ body = "Hello"
             controller.stop()
 
     asyncio.run(main())
+
+
+REDRIVE_ROUTES = """
+[[route]]
+name = "desk"
+topic = "alerts"
+format = "alert"
+channel = "email"
+to = ["desk@example.com", "lead@example.com"]
+"""
+
+
+def fraud_dlq(settings: Settings, *args: str) -> tuple[int, list[str]]:
+    """``fraud dlq ... --sink notifier`` in a child process: its exit code and stdout lines."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fraud", "dlq", *args, "--sink", "notifier",
+         "--brokers", settings.brokers, "--topic-prefix", settings.topic_prefix],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, done.stdout.splitlines()
+
+
+def mails(mailbox: Mailbox) -> list[tuple[str, str]]:
+    """(recipient, alert id) of every message received, repeats included."""
+    out = []
+    for rcpt, msg in mailbox.messages:
+        [alert_id] = [line.split()[-1] for line in msg.get_content().splitlines()
+                      if line.startswith("Alert:")]  # fmt: skip
+        out.append((rcpt[0], alert_id))
+    return sorted(out)
+
+
+@pytest.mark.timeout(120)
+def test_smtp_down_dead_letters_are_redriven_once_smtp_is_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    smtp_port = free_port()  # nothing listens here: SMTP is down
+    config = write_config(tmp_path / "n.toml", smtp_port, None, REDRIVE_ROUTES)
+    alerts = [make_alert(f"T{i}", f"C{i}") for i in (1, 2, 3)]
+
+    async def outage() -> None:
+        async with notifier(settings, config) as stats, producer(settings) as prod:
+            for alert in alerts:
+                await send_alert(prod, settings, alert)
+            await wait_for(lambda: stats.handled == 3 and stats.dead_letters == 6, "6 letters")
+            assert stats.sent == 0 and stats.failed == 6
+
+    asyncio.run(outage())
+    code, listed = fraud_dlq(settings, "list")
+    assert code == 0 and listed[-1] == "6 dead letters"
+    assert all(" email " in line and "reason=send_failed" in line for line in listed[:-1])
+    entries = dlq.list_dead_letters(settings)
+    assert sorted((e.recipient, e.event_id) for e in entries) == sorted(
+        (to, f"T{i}/block") for i in (1, 2, 3) for to in ("desk@example.com", "lead@example.com")
+    )
+    assert all(e.cause.startswith("smtp connection failed") for e in entries)
+
+    mailbox = Mailbox()
+    controller = smtp_server(mailbox, smtp_port)  # SMTP is fixed
+    try:
+        one = dlq.redrive(settings, load_config(config), dlq.Selector(event_id="T2/block"))
+        assert (one.sent, one.failed, one.not_redrivable) == (2, 0, 0)
+        assert mails(mailbox) == [
+            ("desk@example.com", "T2/block"),
+            ("lead@example.com", "T2/block"),
+        ]
+        code, out = fraud_dlq(settings, "redrive", "--recipient", "lead@example.com",
+                              "--config", str(config))  # fmt: skip
+        assert (code, out) == (0, ["re-driven: 2 sent, 0 failed again (still dead-lettered), "
+                                   "0 not re-drivable"])  # fmt: skip
+        code, out = fraud_dlq(settings, "redrive", "--all", "--config", str(config))
+        assert code == 0 and out[0].startswith("re-driven: 2 sent, 0 failed")
+        # each dead-lettered mail received exactly once
+        want = sorted((to, f"T{i}/block") for i in (1, 2, 3)
+                      for to in ("desk@example.com", "lead@example.com"))  # fmt: skip
+        assert mails(mailbox) == want
+        # a second re-drive sends nothing
+        code, out = fraud_dlq(settings, "redrive", "--all", "--config", str(config))
+        assert code == 0 and out[0].startswith("re-driven: 0 sent, 0 failed")
+        assert mails(mailbox) == want
+        code, listed = fraud_dlq(settings, "list")
+        assert listed == ["0 dead letters"]
+        code, listed = fraud_dlq(settings, "list", "--include-redriven")
+        assert len(listed) == 7 and all(line.endswith("(re-driven)") for line in listed[:-1])
+    finally:
+        controller.stop()

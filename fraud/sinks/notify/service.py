@@ -68,6 +68,8 @@ __all__ = [
     "Sender",
     "dlq_topic",
     "group_id",
+    "make_senders",
+    "redriven_topic",
     "resolve_topic",
     "run_notifier",
     "serve_notifier",
@@ -109,6 +111,11 @@ def group_id(settings: Settings) -> str:
 
 def dlq_topic(settings: Settings) -> str:
     return f"{settings.topic_prefix}notifier-dlq"
+
+
+def redriven_topic(settings: Settings) -> str:
+    """Compacted topic of the dead letters already re-driven (see ``fraud.sinks.notify.dlq``)."""
+    return f"{settings.topic_prefix}notifier-dlq-redriven"
 
 
 def resolve_topic(settings: Settings, topic: str) -> str:
@@ -224,6 +231,14 @@ class Dispatcher:
         log.warning("route %s: %s notification given up: %s", item.route, item.channel, reason)
         return self._letter(SEND_FAILED, _failed_detail(reason, item, attempts), record)
 
+    async def deliver(self, item: Notification) -> str | None:
+        """Send ``item`` with the retries and its channel's breaker, but no de-duplication or
+        rate limit: the re-drive of a dead letter, which passed both when it was first tried.
+        None once sent, else why not."""
+        reason, _ = await self._deliver(item)
+        self.metrics.breaker(item.channel, self._breakers[item.channel].state)
+        return reason
+
     async def _deliver(self, item: Notification) -> tuple[str | None, int]:
         """Send with bounded retries; (None, attempts) on success, else (reason, attempts)."""
         d: DeliveryConfig = self.config.delivery
@@ -283,7 +298,7 @@ def _failed_detail(reason: str, item: Notification, attempts: int) -> str:
     )
 
 
-def _senders(config: NotifyConfig) -> dict[Channel, Sender]:
+def make_senders(config: NotifyConfig) -> dict[Channel, Sender]:
     senders: dict[Channel, Sender] = {}
     if config.smtp is not None:
         senders["email"] = EmailSender(config.smtp)
@@ -336,7 +351,7 @@ async def run_notifier(
     for topic in missing:
         log.warning("topic %r does not exist yet; it is picked up once created", topic)
     own_senders = senders is None
-    active: Mapping[Channel, Sender] = _senders(config) if senders is None else senders
+    active: Mapping[Channel, Sender] = make_senders(config) if senders is None else senders
     dispatcher = Dispatcher(config, active, clock=clock, stats=stats, metrics=metrics)
     consumer = AIOKafkaConsumer(
         *routes,

@@ -9,29 +9,24 @@ to 0 and due now; the running sink delivers it (with the full retry schedule aga
 same event id, so a receiver that already has it de-duplicates.
 
 **Running it twice does not re-send**: after the re-published letters are acknowledged, a marker
-per letter, keyed ``"{partition}:{offset}"`` of the letter in the DLQ, goes to the compacted topic
-``{alerts}-webhooks-dlq-redriven``; ``redrive`` and ``list_dead_letters`` skip letters with a
-marker. A marker (rather than a committed consumer-group offset on the DLQ) lets a filtered
-re-drive (one endpoint, one event) leave the other letters re-drivable, in any order. A delivery
-that fails again becomes a *new* dead letter (new offset), which can be re-driven again. A crash
-between the re-publish and the marker can re-drive a letter twice; the event id covers that.
+per letter goes to the compacted topic ``{alerts}-webhooks-dlq-redriven`` (the markers and the
+DLQ reading are ``fraud.sinks.redrive``, shared with the notifier's re-drive); ``redrive`` and
+``list_dead_letters`` skip letters with a marker. A delivery that fails again becomes a *new*
+dead letter (new offset), which can be re-driven again. A crash between the re-publish and the
+marker can re-drive a letter twice; the event id covers that.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
-
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from fraud.broker import ensure_topics
 from fraud.contracts.dead_letter import DeadLetter, decode_dead_letter
-from fraud.kafka_config import make_consumer, make_producer, watermark_offsets
+from fraud.kafka_config import make_producer
 from fraud.settings import Settings
+from fraud.sinks.redrive import MarkerWriter, marker_key, read_all, redriven_keys
 from fraud.sinks.retry import RetryPolicy
 from fraud.sinks.webhooks.envelope import Envelope, encode, envelope_of
 from fraud.sinks.webhooks.service import dlq_topic, redriven_topic, retry_topic, sink_topics
@@ -51,7 +46,7 @@ class DeadLetterEntry:
 
     @property
     def marker_key(self) -> str:
-        return f"{self.partition}:{self.offset}"
+        return marker_key(self.partition, self.offset)
 
     def summary(self) -> str:
         e = self.envelope
@@ -62,60 +57,6 @@ class DeadLetterEntry:
             f"attempts={e.attempt} over {took:.1f} s reason={self.letter.reason} "
             f"detail={self.letter.detail!r} last_error={e.last_error!r}{state}"
         )
-
-
-def _read_all(settings: Settings, topic: str, timeout_s: float) -> Iterator[Message]:
-    """Every message of ``topic`` up to its end at the time of the call."""
-    consumer = make_consumer(
-        settings,
-        **{
-            "group.id": f"{settings.app_id}-dlq-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        },
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            return
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in sorted(info.partitions):
-            low, high = watermark_offsets(consumer, TopicPartition(topic, p), timeout_s)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(topic, p, low))
-        if not ends:
-            return
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s:.0f} s")
-            for msg in consumer.consume(500, 0.2):
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(error)
-                p, offset = msg.partition(), msg.offset()
-                if p is None or offset is None or p not in ends:
-                    continue
-                yield msg
-                if offset + 1 >= ends[p]:
-                    del ends[p]
-    finally:
-        consumer.close()
-
-
-def _redriven_keys(settings: Settings, timeout_s: float) -> set[str]:
-    keys: set[str] = set()
-    for msg in _read_all(settings, redriven_topic(settings), timeout_s):
-        key = msg.key()
-        if key:
-            keys.add(key.decode("utf-8", "replace"))
-    return keys
 
 
 def _matches(envelope: Envelope, endpoint: str | None, event_id: str | None) -> bool:
@@ -137,9 +78,9 @@ def list_dead_letters(
     or ``event_id`` (an event id or an alert id). Re-driven letters only with
     ``include_redriven``. Records that are not a webhook dead letter are skipped.
     """
-    redriven = _redriven_keys(settings, timeout_s)
+    redriven = redriven_keys(settings, redriven_topic(settings), timeout_s)
     out: list[DeadLetterEntry] = []
-    for msg in _read_all(settings, dlq_topic(settings), timeout_s):
+    for msg in read_all(settings, dlq_topic(settings), timeout_s):
         try:
             letter = decode_dead_letter(msg.value())
             envelope = envelope_of(letter)
@@ -157,14 +98,6 @@ def list_dead_letters(
         if limit is not None and len(out) >= limit:
             break
     return out
-
-
-def _flush(producer: Producer, errors: list[str], timeout_s: float) -> None:
-    left = producer.flush(timeout_s)
-    if left:
-        raise KafkaException(f"{left} message(s) not acknowledged in {timeout_s:.0f} s")
-    if errors:
-        raise KafkaException(f"produce failed: {errors[0]}")
 
 
 def redrive(
@@ -187,13 +120,8 @@ def redrive(
     entries = list_dead_letters(settings, endpoint=endpoint, event_id=event_id, timeout_s=timeout_s)
     if not entries:
         return 0
-    errors: list[str] = []
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
     producer = make_producer(settings, acks="all")
+    markers = MarkerWriter(producer, redriven_topic(settings))
     now_ms = int(clock() * 1000)
     target = retry_topic(settings, 0)
     for entry in entries:
@@ -206,20 +134,11 @@ def redrive(
             redrives=entry.envelope.redrives + 1,
         )
         producer.produce(
-            target, key=fresh.event_id.encode(), value=encode(fresh), on_delivery=on_delivery
+            target,
+            key=fresh.event_id.encode(),
+            value=encode(fresh),
+            on_delivery=markers.on_delivery,
         )
-    _flush(producer, errors, timeout_s)  # re-sent first, marked after: never marked but lost
-    marker_topic = redriven_topic(settings)
-    for entry in entries:
-        marker: dict[str, Any] = {
-            "event_id": entry.envelope.event_id,
-            "redriven_at_ms": now_ms,
-        }
-        producer.produce(
-            marker_topic,
-            key=entry.marker_key.encode(),
-            value=json.dumps(marker).encode(),
-            on_delivery=on_delivery,
-        )
-    _flush(producer, errors, timeout_s)
+    markers.flush(timeout_s)  # re-sent first, marked after: never marked but lost
+    markers.mark_all(((e.marker_key, e.envelope.event_id) for e in entries), now_ms, timeout_s)
     return len(entries)

@@ -11,7 +11,8 @@ after a re-drive; this module counts and judges them:
   delivered, every expected event id dead-lettered once with the endpoint's failure in the
   reason, and after the endpoint is fixed ``fraud dlq redrive`` delivers each exactly once;
 - the notifier (SMTP down, then up): every expected alert either mailed once or dead-lettered
-  with ``send_failed``; none lost, none mailed twice;
+  with ``send_failed``; none lost, none mailed twice; once SMTP is up, ``fraud dlq redrive
+  --sink notifier --all`` mails each dead-lettered alert exactly once;
 - the healthy endpoint's p99 delivery latency against a run where every endpoint is healthy.
 """
 
@@ -190,27 +191,48 @@ class NotifierAccount:
     dead_distinct: int
     lost: int  # expected alerts neither mailed nor dead-lettered
     examples: dict[str, list[str]] = field(default_factory=dict)
+    redriven: int | None = None  # letters ``fraud dlq redrive --sink notifier`` sent (None: not)
+    remailed: int = 0  # emails received after that re-drive, repeats included
+    remailed_distinct: int = 0  # distinct dead-lettered alerts among them, not mailed before
+
+    @property
+    def redriven_once(self) -> bool:
+        """Every dead-lettered alert re-driven once and mailed exactly once after the re-drive."""
+        return (
+            self.redriven == self.dead_lettered == self.dead_distinct
+            and self.remailed == self.remailed_distinct == self.dead_distinct
+        )
 
     @property
     def met(self) -> bool:
-        return self.lost == 0 and self.mailed == self.mailed_distinct
+        once = self.lost == 0 and self.mailed == self.mailed_distinct
+        return once and (self.redriven is None or self.redriven_once)
 
 
 def account_notifier(
-    expected: Collection[str], mailed: Iterable[str], dead_lettered: Iterable[str]
+    expected: Collection[str],
+    mailed: Iterable[str],
+    dead_lettered: Iterable[str],
+    redriven: int | None = None,
+    remailed: Iterable[str] = (),
 ) -> NotifierAccount:
     """Count the notifier against ``expected`` alert ids: ``mailed`` are the alert ids of the
-    emails the SMTP server received, ``dead_lettered`` those of its ``send_failed`` letters."""
+    emails the SMTP server received before any re-drive, ``dead_lettered`` those of its
+    ``send_failed`` letters, ``redriven`` what the re-drive said it sent and ``remailed`` the
+    alert ids of the emails received after it."""
     want = set(expected)
     got = Counter(mailed)
     dead = Counter(dead_lettered)
+    again = Counter(remailed)
     lost = want - set(got) - set(dead)
     examples = {}
     if lost:
         examples["lost"] = sorted(lost)[:EXAMPLES]
-    repeated = sorted(a for a, n in got.items() if n > 1)[:EXAMPLES]
+    repeated = sorted(a for a, n in (got + again).items() if n > 1)[:EXAMPLES]
     if repeated:
         examples["mailed twice"] = repeated
+    if redriven is not None and set(dead) - set(again):
+        examples["not re-mailed"] = sorted(set(dead) - set(again))[:EXAMPLES]
     return NotifierAccount(
         expected=len(want),
         mailed=sum(got.values()),
@@ -219,6 +241,9 @@ def account_notifier(
         dead_distinct=len(want & set(dead)),
         lost=len(lost),
         examples=examples,
+        redriven=redriven,
+        remailed=sum(again.values()),
+        remailed_distinct=len((set(dead) & set(again)) - set(got)),  # not mailed before
     )
 
 
@@ -324,8 +349,13 @@ def sink_lines(row: SinkRow) -> list[str]:
     if n is not None:
         lines.append(
             f"notifier: {n.expected:,} expected, {n.mailed:,} mailed ({n.mailed_distinct:,} "
-            f"distinct), {n.dead_lettered:,} dead-lettered (send_failed), {n.lost:,} lost  "
-            f"{'met' if n.met else 'MISSED'}"
+            f"distinct), {n.dead_lettered:,} dead-lettered (send_failed), {n.lost:,} lost, "
+            + (
+                "not re-driven"
+                if n.redriven is None
+                else f"{n.redriven:,} re-driven, {n.remailed:,}/{n.remailed_distinct:,} re-mailed"
+            )
+            + f"  {'met' if n.met else 'MISSED'}"
         )
     ratio = row.latency_ratio
     ratio_text = (

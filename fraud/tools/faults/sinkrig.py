@@ -8,8 +8,8 @@
   and started again on the same port for the SMTP outage.
 - ``SinkProcess``: ``fraud notifier`` or the webhook sink (``fraud.tools.faults.sinkchild``) as
   a child process, stopped with SIGTERM.
-- ``webhook_dead_letters``, ``notifier_dead_letters``, ``redrive``: read the dead-letter topics
-  and run ``fraud dlq redrive`` (the real command) in a child process.
+- ``webhook_dead_letters``, ``notifier_dead_letters``, ``redrive``, ``redrive_notifier``: read
+  the dead-letter topics and run ``fraud dlq redrive`` (the real command) in a child process.
 """
 
 from __future__ import annotations
@@ -31,19 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from confluent_kafka import KafkaError, TopicPartition
 
 from fraud.broker import free_port
-from fraud.contracts.dead_letter import decode_dead_letter
-from fraud.kafka_config import make_consumer, watermark_offsets
 from fraud.settings import Settings
+from fraud.sinks.notify import dlq as notifier_dlq
 from fraud.sinks.notify.service import SEND_FAILED
-from fraud.sinks.notify.service import dlq_topic as notifier_dlq_topic
 from fraud.sinks.webhooks.dlq import list_dead_letters
 from fraud.sinks.webhooks.signing import SignatureError, verify
 from fraud.tools.faults.harness import HarnessError, child_env, kafka_args
 from fraud.tools.faults.sinkcount import DeadLetterSeen
-from fraud.v1.alert_pb2 import Alert
 
 SUBJECT_PREFIX = "alert "
 
@@ -285,52 +281,15 @@ def webhook_dead_letters(settings: Settings, endpoint: str) -> list[DeadLetterSe
 
 
 def notifier_dead_letters(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """The alert ids of the notifier's ``send_failed`` dead letters (the payload is the alert)."""
-    topic = notifier_dlq_topic(settings)
-    consumer = make_consumer(
-        settings, **{"group.id": f"{settings.app_id}-faults-dlq", "enable.auto.commit": False}
-    )
-    out: list[str] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            return out
-        ends: dict[int, int] = {}
-        for p in sorted(info.partitions):
-            low, high = watermark_offsets(consumer, TopicPartition(topic, p), timeout_s)
-            if high > low:
-                ends[p] = high
-        if not ends:
-            return out
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise HarnessError(f"reading {topic} did not reach its end")
-            for msg in consumer.consume(500, 0.2):
-                err = msg.error()
-                if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                    raise HarnessError(f"reading {topic}: {err}")
-                p, offset = msg.partition(), msg.offset()
-                if err is not None or p is None or offset is None:
-                    continue
-                letter = decode_dead_letter(msg.value())
-                if letter.reason == SEND_FAILED:
-                    alert = Alert()
-                    alert.ParseFromString(letter.payload)
-                    out.append(alert.alert_id)
-                if offset + 1 >= ends.get(p, 0):
-                    ends.pop(p, None)
-    finally:
-        consumer.close()
-    return out
+    """The alert ids of the notifier's ``send_failed`` dead letters, re-driven ones included."""
+    entries = notifier_dlq.list_dead_letters(settings, include_redriven=True, timeout_s=timeout_s)
+    return [e.event_id for e in entries if e.letter.reason == SEND_FAILED]
 
 
-def redrive(settings: Settings, endpoint: str, log: Path) -> int:
-    """``fraud dlq redrive --endpoint ENDPOINT``: the number of letters it says it re-drove."""
+def _fraud_dlq_redrive(settings: Settings, options: Sequence[str], log: Path) -> int:
+    """``fraud dlq redrive OPTIONS`` in a child process: the count of its ``re-driven: N`` line."""
     args = [
-        sys.executable, "-m", "fraud", "dlq", "redrive", "--endpoint", endpoint,
+        sys.executable, "-m", "fraud", "dlq", "redrive", *options,
         "--brokers", settings.brokers, "--topic-prefix", settings.topic_prefix,
         "--partitions", str(settings.partitions),
     ]  # fmt: skip
@@ -339,9 +298,21 @@ def redrive(settings: Settings, endpoint: str, log: Path) -> int:
     )
     with log.open("a") as out:
         out.write(f"$ {' '.join(args[1:])}\n{done.stdout}{done.stderr}\n")
+    what = " ".join(["fraud dlq redrive", *options])
     if done.returncode != 0:
-        raise HarnessError(f"fraud dlq redrive --endpoint {endpoint} exited {done.returncode}")
+        raise HarnessError(f"{what} exited {done.returncode}")
     for line in done.stdout.splitlines():
         if line.startswith("re-driven:"):
-            return int(line.split(":", 1)[1])
-    raise HarnessError(f"fraud dlq redrive printed no count: {done.stdout!r}")
+            return int(line.split(":", 1)[1].split()[0])
+    raise HarnessError(f"{what} printed no count: {done.stdout!r}")
+
+
+def redrive(settings: Settings, endpoint: str, log: Path) -> int:
+    """``fraud dlq redrive --endpoint ENDPOINT``: the number of letters it says it re-drove."""
+    return _fraud_dlq_redrive(settings, ["--endpoint", endpoint], log)
+
+
+def redrive_notifier(settings: Settings, config: Path, log: Path) -> int:
+    """``fraud dlq redrive --sink notifier --all --config CONFIG``: the letters it says it sent."""
+    return _fraud_dlq_redrive(settings, ["--sink", "notifier", "--all", "--config", str(config)],
+                              log)  # fmt: skip

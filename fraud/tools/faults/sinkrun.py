@@ -8,7 +8,9 @@ alert reached the ``healthy`` endpoint. Once every transaction is decided it wai
 conditions, for every expected event id to be delivered to the healthy and recovering
 endpoints, dead-lettered for the failing and slow ones, and mailed or dead-lettered by the
 notifier; then it fixes the failing and slow endpoints, runs ``fraud dlq redrive --endpoint``
-for each, and waits until each dead letter is delivered. Deadlines only guard against a hang.
+for each and ``fraud dlq redrive --sink notifier --all`` (SMTP is up again), and waits until
+each dead letter is delivered or mailed; a second re-drive of each must send nothing. Deadlines
+only guard against a hang.
 
 ``run_sinks`` does it twice: a clean run with every server healthy (the latency reference) and
 the run with the faults, and returns the ``SinkRow``.
@@ -20,7 +22,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from fraud.tools.faults.sinkrig import (
     notifier_dead_letters,
     notifier_toml,
     redrive,
+    redrive_notifier,
     subscriptions_toml,
     wait_file,
     webhook_dead_letters,
@@ -77,10 +80,12 @@ class RunOutcome:
     decided: int
     alerts: int
     flagged: int
-    notifier_mailed: list[str]
+    notifier_mailed: list[str]  # before the notifier's re-drive
     notifier_dead: list[str]
     alert_ids: list[str]
     notes: list[str]
+    notifier_redriven: int | None = None  # None: not re-driven (the clean run)
+    notifier_remailed: list[str] = field(default_factory=list)  # after the re-drive
 
 
 class _Outage:
@@ -149,6 +154,7 @@ class SinkRun:
             Role.SLOW: Endpoint("slow", secret, "slow" if faults else "ok", plan.slow_s),
         }
         self.smtp = MailServer()
+        self.notifier_config = workdir / "notifier.toml"
         self.sinks: list[SinkProcess] = []
         self.outage: _Outage | None = None
         self.notes: list[str] = []
@@ -162,7 +168,7 @@ class SinkRun:
                 [(r.value, e.url, SECRET, self.plan.timeout_s) for r, e in self.endpoints.items()]
             )
         )
-        config = self.workdir / "notifier.toml"
+        config = self.notifier_config
         config.write_text(notifier_toml(self.smtp.port, self.plan.breaker_reset_s))
         down = [self.endpoints[Role.RECOVERING]] if self.faults else []
         for role, endpoint in self.endpoints.items():
@@ -221,6 +227,9 @@ class SinkRun:
     def _all_mailed_or_dead(self, alert_ids: set[str]) -> bool:
         return alert_ids <= set(self.smtp.alert_ids) | set(notifier_dead_letters(self.settings))
 
+    def _all_remailed(self, alert_ids: set[str], before: int) -> bool:
+        return alert_ids <= set(self.smtp.alert_ids[before:])
+
     def execute(self) -> RunOutcome:
         self._start_sinks()
         result = self.run.run()
@@ -248,18 +257,31 @@ class SinkRun:
         self._wait("notifier: every alert mailed or dead-lettered", mailed, guard)
         dead = {r: webhook_dead_letters(self.settings, r.value) for r in failing}
         redriven: dict[Role, int] = {}
+        log = self.workdir / "redrive.log"
         for role in failing:
             self.endpoints[role].fix()
-            redriven[role] = redrive(self.settings, role.value, self.workdir / "redrive.log")
+            redriven[role] = redrive(self.settings, role.value, log)
             self.say(f"[{self.name}] {role.value} fixed; fraud dlq redrive: {redriven[role]}")
+        notifier_dead = notifier_dead_letters(self.settings)
+        mailed_before = len(self.smtp.alert_ids)
+        notifier_redriven: int | None = None
+        if self.faults:  # SMTP is up again since the outage ended
+            notifier_redriven = redrive_notifier(self.settings, self.notifier_config, log)
+            self.say(f"[{self.name}] fraud dlq redrive --sink notifier: {notifier_redriven}")
         for role in failing:
             check = partial(self._all_received, role, {d.event_id for d in dead[role]}, True)
             self._wait(f"{role.value}: every dead letter re-delivered", check, guard)
+        remailed = partial(self._all_remailed, set(notifier_dead), mailed_before)
+        self._wait("notifier: every dead letter re-mailed", remailed, guard)
         time.sleep(SETTLE_S)  # quiet time, for late repeats to show
         for role in failing:
-            again = redrive(self.settings, role.value, self.workdir / "redrive.log")
+            again = redrive(self.settings, role.value, log)
             if again:
                 self.notes.append(f"{role.value}: a second redrive re-sent {again} letters")
+        if self.faults:
+            again = redrive_notifier(self.settings, self.notifier_config, log)
+            if again:
+                self.notes.append(f"notifier: a second redrive re-sent {again} letters")
         accounts = []
         for role in ROLES:
             receipts, before = self.endpoints[role].snapshot()
@@ -277,10 +299,11 @@ class SinkRun:
             self.notes.append(
                 f"outage {self.outage.ended_s - self.outage.began_s:.1f} s from the first alert"
             )
+        mails = self.smtp.alert_ids
         return RunOutcome(
             accounts, self.run.transactions, len(decided),
-            len(alert_ids), flagged, self.smtp.alert_ids, notifier_dead_letters(self.settings),
-            alert_ids, self.notes,
+            len(alert_ids), flagged, mails[:mailed_before], notifier_dead, alert_ids, self.notes,
+            notifier_redriven, mails[mailed_before:],
         )  # fmt: skip
 
     def close(self) -> None:
@@ -305,7 +328,8 @@ def sink_row(faulty: RunOutcome, clean: RunOutcome | None, config: SinkConfig,
         f"webhooks: healthy, down {plan.outage_s:g} s then up, HTTP 500, slow ({plan.slow_s:g} s "
         f"answers, {plan.timeout_s:g} s timeout); SMTP down {plan.outage_s:g} s then up",
         plan.outage_s, faulty.alerts, faulty.flagged, sent, faulty.decided, faulty.accounts,
-        account_notifier(faulty.alert_ids, faulty.notifier_mailed, faulty.notifier_dead),
+        account_notifier(faulty.alert_ids, faulty.notifier_mailed, faulty.notifier_dead,
+                         faulty.notifier_redriven, faulty.notifier_remailed),
         max_latency_ratio=config.max_latency_ratio,
     )  # fmt: skip
     row.notes.extend(faulty.notes)

@@ -97,6 +97,21 @@ def test_the_notifier_mails_or_dead_letters_each_alert_and_loses_none() -> None:
     assert not twice.met and twice.examples["mailed twice"] == ["a0"]
 
 
+def test_the_notifiers_dead_letters_are_re_mailed_exactly_once_after_the_redrive() -> None:
+    alerts = [f"a{i}" for i in range(6)]
+    ok = account_notifier(alerts, alerts[:4], alerts[4:], 2, alerts[4:])
+    assert (ok.redriven, ok.remailed, ok.remailed_distinct) == (2, 2, 2)
+    assert ok.redriven_once and ok.met
+    short = account_notifier(alerts, alerts[:4], alerts[4:], 2, alerts[4:5])
+    assert not short.met and short.examples["not re-mailed"] == ["a5"]
+    again = account_notifier(alerts, alerts[:4], alerts[4:], 2, [*alerts[4:], "a5"])
+    assert not again.met and again.examples["mailed twice"] == ["a5"]
+    already = account_notifier(alerts, alerts[:5], alerts[4:], 2, alerts[4:])  # a4 mailed too
+    assert already.remailed_distinct == 1 and not already.met
+    miscounted = account_notifier(alerts, alerts[:4], alerts[4:], 1, alerts[4:])
+    assert not miscounted.met
+
+
 def test_quantiles_and_the_latency_ratio() -> None:
     samples = [float(v) for v in range(1, 101)]
     assert quantile(samples, 0.5) == 50.0

@@ -297,10 +297,11 @@ class WorkerLoop:
             items = [self.waiting.popleft() for _ in range(n)]
             for w in items:
                 self.waiting_on[w.held[1].partition] -= 1
+            marks = {} if in_line else self._marks()
             sent_to: set[int] = set()
             if items:
-                sent_to = self._enrich(items, in_line, labels_early)
-            marks_only = [] if in_line else self._send_stale_marks(sent_to)
+                sent_to = self._enrich(items, in_line, labels_early, marks)
+            marks_only = [] if in_line else self._send_stale_marks(sent_to, marks)
             if items or marks_only:
                 events = [w.held[3] for w in items]
                 if in_line:
@@ -312,10 +313,14 @@ class WorkerLoop:
             self._pause_overfull()
 
     def _enrich(
-        self, items: Sequence[Waiting], in_line: bool, labels_early: list[bool]
+        self,
+        items: Sequence[Waiting],
+        in_line: bool,
+        labels_early: list[bool],
+        marks: dict[int, int],
     ) -> set[int]:
         """The customer stage on ``items``, then the terminal stage in line or the repartition
-        hop; the hop partitions sent to."""
+        hop (with this worker's source ``marks``); the hop partitions sent to."""
         started = time.perf_counter()
         result = self.customers.process_parsed(
             [w.held[0] for w in items], [w.held[1] for w in items], [w.held[2] for w in items]
@@ -324,11 +329,10 @@ class WorkerLoop:
         if any(w.early for w in items):
             result.columns.incomplete_alignment = [w.early for w in items]
         if in_line:
-            self._decide(result.columns, [w.partition for w in items], [], labels_early)
+            self._decide(result.columns, [w.partition for w in items], labels_early)
             return set()
         enriched = result.enriched
         self.metrics.repartitioned.inc(len(enriched))
-        marks = self._marks()
         sent_to: set[int] = set()
         for partition, group in group_by_partition(
             enriched, [e.transaction.terminal_id for e in enriched], self.partitions
@@ -355,11 +359,10 @@ class WorkerLoop:
             track_offset=True,
         )
 
-    def _send_stale_marks(self, sent_to: set[int]) -> list[int]:
+    def _send_stale_marks(self, sent_to: set[int], marks: dict[int, int]) -> list[int]:
         """Marks-only batches to the hop partitions whose marks are stale; which."""
-        if not self.positions.assigned(self.transactions):
+        if not marks:  # no customer partition owned: nothing to say
             return []
-        marks = self._marks()
         stale = self.mark_sender.stale(
             marks, [q for q in range(self.partitions) if q not in sent_to]
         )
@@ -386,14 +389,13 @@ class WorkerLoop:
         self,
         columns: Enriched,
         parts: Sequence[int],
-        dead: Sequence[DeadLetter],
         labels_early: Sequence[bool],
     ) -> None:
         """Decide and queue the output (the caller delivers it)."""
         started = time.perf_counter()
         result = self.terminals.process_enriched(columns, parts, labels_early)
         self.metrics.record_batch("terminal", len(columns), time.perf_counter() - started)
-        self.outputs.decided(result, dead)
+        self.outputs.decided(result, [])
 
     async def on_labels(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
         """The label agent's batch: apply the labels to the terminal state, advance the
@@ -466,7 +468,7 @@ class WorkerLoop:
             if ready:
                 columns = Enriched.concat([hop.columns for hop in ready])
                 parts = [p for hop in ready for p in hop.parts]
-                self._decide(columns, parts, [], labels_early)
+                self._decide(columns, parts, labels_early)
                 for hop in ready:
                     q = hop.parts[0]
                     self.consumed.handled((self.repartition, q), hop.offset)

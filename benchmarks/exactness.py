@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -47,6 +48,15 @@ from tests.batch_reference import batch_features  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _nth_worker(settings: Settings, work: Path, i: int) -> tuple[Settings, Path]:
+    """The settings and work directory of worker ``i`` (the first keeps the shared ones)."""
+    if i == 0:
+        return settings, work
+    home = work / f"worker-{i}"
+    home.mkdir(exist_ok=True)
+    return dataclasses.replace(settings, data_dir=home / "state"), home
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1700)
@@ -66,6 +76,11 @@ def main() -> None:
         "--labels", choices=["all", "fraud"], default=None,
         help="with --max-speed: a label for every transaction, or for frauds only "
         "(default: fraud with --batch > 1, else all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes, each with its own data dir (2 or more: the two-stage path "
+        "across workers, through the repartition topic)",
     )  # fmt: skip
     parser.add_argument(
         "--starve-cpu", action="store_true",
@@ -102,9 +117,16 @@ def main() -> None:
                 fraud_labels_only=fraud_only,
             )  # fmt: skip
         started = time.perf_counter()
-        with worker_process(settings, work, print) as worker:
+        with contextlib.ExitStack() as stack:
+            workers = [
+                stack.enter_context(worker_process(*_nth_worker(settings, work, i), print))
+                for i in range(args.workers)
+            ]
             if args.max_speed:
-                with CpuStarvation(worker.pid) if args.starve_cpu else contextlib.nullcontext():
+                with contextlib.ExitStack() as starved:
+                    if args.starve_cpu:
+                        for worker in workers:
+                            starved.enter_context(CpuStarvation(worker.pid))
                     steps.collect(n, timeout_s=4 * 3600)
             else:
                 for first in range(0, n, 20 * args.step):
@@ -143,6 +165,9 @@ def main() -> None:
         mode += ", worker starved of CPU" if args.starve_cpu else ""
         slug = f"backlog-b{args.batch}-{'fraud' if fraud_only else 'all'}"
         slug += "-starved" if args.starve_cpu else ""
+    if args.workers > 1:
+        mode += f", {args.workers} workers"
+        slug += f"-w{args.workers}"
     exact = total_bad == 0 and seen == n and repeated == 0 and incomplete == 0
     verdict = "EXACT" if exact else "NOT EXACT"
     print(
@@ -164,6 +189,7 @@ def main() -> None:
                 "incomplete": incomplete,
                 "stream_s": round(stream_s, 1),
                 "mode": mode,
+                "workers": args.workers,
                 "broker": {"engine": broker.engine, "version": broker.version},
                 "exact": verdict == "EXACT",
                 "features": rows,

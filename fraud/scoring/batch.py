@@ -89,6 +89,36 @@ class Enriched:
             )
         ]
 
+    def take(self, rows: Sequence[int]) -> Enriched:
+        """The rows at ``rows``, in that order."""
+        early = self.incomplete_alignment
+        return Enriched(
+            [self.txs[i] for i in rows],
+            self.features[list(rows)],
+            [self.ingested_at_ms[i] for i in rows],
+            [self.source_topics[i] for i in rows],
+            [self.source_partitions[i] for i in rows],
+            [self.source_offsets[i] for i in rows],
+            [self.source_indexes[i] for i in rows],
+            [early[i] for i in rows] if early else [],
+        )
+
+    def slice(self, start: int, end: int) -> Enriched:
+        """Rows ``start`` to ``end`` (excluded)."""
+        if start == 0 and end == len(self.txs):
+            return self
+        early = self.incomplete_alignment
+        return Enriched(
+            self.txs[start:end],
+            self.features[start:end],
+            self.ingested_at_ms[start:end],
+            self.source_topics[start:end],
+            self.source_partitions[start:end],
+            self.source_offsets[start:end],
+            self.source_indexes[start:end],
+            early[start:end] if early else [],
+        )
+
     @staticmethod
     def concat(parts: Sequence[Enriched]) -> Enriched:
         """The rows of ``parts``, in order."""

@@ -130,18 +130,23 @@ class Delivery:
         in_background: FlushRunner,
         on_delivered: Callable[[Offsets], None],
         consumed: Consumed | None = None,
+        before_changelogs: Callable[[], None] = lambda: None,
     ) -> None:
+        """``before_changelogs`` puts what else belongs to the state of the delivery's
+        records in the tables (the worker's hop progress) just before they are sent."""
         self.emitter = emitter
         self.changelogs = changelogs
         self.metrics = metrics
         self.in_background = in_background
         self.on_delivered = on_delivered
         self.consumed = consumed or Consumed()
+        self.before_changelogs = before_changelogs
         self.failed: BaseException | None = None
         self._lock = asyncio.Lock()
 
     def send_changelogs(self) -> None:
         """Queue each table's changed state since the last call on its changelog."""
+        self.before_changelogs()
         self.metrics.changelog_sent.inc(sum(c.send_changelog() for c in self.changelogs))
 
     async def deliver(self) -> None:

@@ -36,6 +36,7 @@ from fraud.contracts.partitioning import (
     type_headers,
 )
 from fraud.contracts.records import RawRecord
+from fraud.contracts.units import NO_TIME
 from fraud.metrics import WorkerMetrics
 from fraud.scoring.batch import Enriched
 from fraud.scoring.customer_stage import CustomerStage
@@ -53,6 +54,13 @@ from fraud.worker.checkpoint import (
     Delivery,
     Emitter,
     FlushRunner,
+)
+from fraud.worker.hop_pool import (
+    PROGRESS_KEY,
+    HopPool,
+    Taken,
+    decode_progress,
+    encode_progress,
 )
 from fraud.worker.partitions import (
     ConsumerView,
@@ -102,17 +110,6 @@ class Waiting:
     held: Held
     partition: int
     early: bool
-
-
-@dataclass(frozen=True)
-class HopRecord:
-    """A repartition record waiting for its labels."""
-
-    offset: int
-    event: Event
-    columns: Enriched
-    parts: list[int]
-    latest: int  # its latest event time
 
 
 class Outputs:
@@ -197,8 +194,9 @@ class WorkerLoop:
         )
         self.consumed = Consumed(self._oldest_unhandled)
         self.delivery = Delivery(
-            emitter, changelogs, metrics, in_background, self.hop.on_delivered, self.consumed
-        )
+            emitter, changelogs, metrics, in_background, self.hop.on_delivered, self.consumed,
+            before_changelogs=self.store_hop_progress,
+        )  # fmt: skip
         self.checkpoints = Checkpoints(self.delivery, clock, settings.checkpoint_s)
         self.outputs = Outputs(emitter, metrics, names)
         self.aligner: EventTimeAligner[Held] = EventTimeAligner(
@@ -219,17 +217,18 @@ class WorkerLoop:
         # order; and how many per customer partition.
         self.waiting: deque[Waiting] = deque()
         self.waiting_on: Counter[int] = Counter()
-        # Repartition records waiting for labels, per partition in offset order; their rows.
-        self.hop_waiting: dict[int, deque[HopRecord]] = {}
-        self.hop_rows: Counter[int] = Counter()
+        # Repartition records, decided in event-time order per partition once the marks and
+        # labels allow (fraud.worker.hop_pool), their rows at most this far out of order.
+        self.hop_pool: HopPool[Event] = HopPool()
+        self.hop_ahead_ms = min(terminals.config.delay_ms, terminals.config.allowed_lateness_ms)
+        self._progress_changed: set[int] = set()  # hop partitions whose progress to store
         self.paused: set[TopicPartition] = set()  # paused until what they hold drains
         self._lock = asyncio.Lock()  # one release, hop decision or checkpoint start at a time
 
     def _oldest_unhandled(self, tp: TopicPartition) -> int | None:
         topic, partition = tp
         if topic == self.repartition:
-            fifo = self.hop_waiting.get(partition)
-            return fifo[0].offset if fifo else None
+            return self.hop_pool.oldest(partition)
         if topic != self.transactions:
             return None
         offsets = [
@@ -376,7 +375,11 @@ class WorkerLoop:
         full = {(self.transactions, p) for p in self.aligner.overfull()}
         if len(self.waiting) > self.max_held:
             full.update((self.transactions, p) for p in self.positions.assigned(self.transactions))
-        full.update((self.repartition, q) for q, n in self.hop_rows.items() if n > self.max_held)
+        full.update(
+            (self.repartition, q)
+            for q, n in self.hop_pool.rows_by_partition().items()
+            if n > self.max_held
+        )
         if full == self.paused:
             return
         if full - self.paused:
@@ -421,61 +424,90 @@ class WorkerLoop:
     async def _decide_waiting(self) -> None:
         if self.waiting or self.aligner.held():
             await self.release()
-        if any(self.hop_waiting.values()):
+        if self.hop_pool.partitions():
             await self._decide_hop()
 
     async def on_repartitioned(self, records: Sequence[RawRecord], events: Sequence[Event]) -> None:
-        """The terminal agent's batch from the repartition hop: hold each record until its
-        labels are applied, and decide what may be decided."""
-        refused: list[Event] = []
+        """The terminal agent's batch from the repartition hop: pool each record's rows, and
+        decide what may be decided."""
+        finished: list[Event] = []
         for rec, event in zip(records, events, strict=True):
+            q = rec.partition
             event.message.incref()  # held past take_events' own ack, as in on_transactions
             marks: list[Sequence[SourceMark]] = []
-            columns, parts, dead = self.terminals.decode([rec], marks)
+            columns, _, dead = self.terminals.decode([rec], marks)
             for found in marks:
-                self.hop_marks.observe(rec.partition, decode_marks(found))
+                self.hop_marks.observe(q, decode_marks(found))
             self.outputs.dead(dead)
-            if not len(columns):
-                self.consumed.handled((rec.topic, rec.partition), rec.offset)
-                self.hop.on_processed(rec.partition, rec.offset)
-                refused.append(event)
-                continue
-            latest = max(tx.event_time_ms for tx in columns.txs)
-            hop = HopRecord(rec.offset, event, columns, parts, latest)
-            self.hop_waiting.setdefault(rec.partition, deque()).append(hop)
-            self.hop_rows[rec.partition] += len(columns)
-        self.checkpoints.hold(refused)
+            if not self.hop_pool.loaded(q):
+                stored = self.terminals.store.get_many(q, [PROGRESS_KEY])[0]
+                self.hop_pool.load(q, decode_progress(stored))
+            self.consumed.handled((rec.topic, q), rec.offset)
+            if self.hop_pool.add(q, rec.offset, event, columns).done:
+                finished.append(event)  # marks only, or decided before (stored progress)
+                self._drain(q)
+        self.checkpoints.hold(finished)
         await self._decide_hop()
 
     async def _decide_hop(self) -> None:
-        """Decide the repartition records whose labels are applied, in offset order per
-        partition."""
+        """Decide the pooled rows of each hop partition that every customer partition's marks
+        and the labels allow, in event-time order."""
         async with self._lock:
-            ready: list[HopRecord] = []
+            pieces: list[Enriched] = []
+            parts: list[int] = []
             labels_early: list[bool] = []
-            for q, fifo in self.hop_waiting.items():
-                while fifo:
-                    latest = fifo[0].latest
-                    if not self.hop_marks.ready(q, latest, self.need_ms):
-                        break  # a customer partition has not sent up to its time yet
-                    state = self.watermarks.check(q, latest)
-                    if state is Readiness.WAIT:
-                        break
-                    hop = fifo.popleft()
-                    self.hop_rows[q] -= len(hop.columns)
-                    ready.append(hop)
-                    labels_early += [state is Readiness.EARLY] * len(hop.columns)
-            if ready:
-                columns = Enriched.concat([hop.columns for hop in ready])
-                parts = [p for hop in ready for p in hop.parts]
-                self._decide(columns, parts, labels_early)
-                for hop in ready:
-                    q = hop.parts[0]
-                    self.consumed.handled((self.repartition, q), hop.offset)
-                    self.hop.on_processed(q, hop.offset)
-                self.checkpoints.hold([hop.event for hop in ready])
+            finished: list[Event] = []
+            for q in self.hop_pool.partitions():
+                taken = self._take_hop(q)
+                if taken is None:
+                    continue
+                rows, early = taken
+                pieces.append(rows.columns)
+                parts += [q] * len(rows.times)
+                labels_early += early
+                finished += [record.event for record in rows.finished]
+            if pieces:
+                self._decide(Enriched.concat(pieces), parts, labels_early)
+            for q in set(parts):
+                self._drain(q)
+            self.checkpoints.hold(finished)
             await self.checkpoints.if_due()
             self._pause_overfull()
+
+    def _take_hop(self, q: int) -> tuple[Taken[Event], list[bool]] | None:
+        """The rows of ``q`` that may be decided now, and which of them are decided before
+        every label up to their time was applied."""
+        first = self.hop_pool.next_time(q)
+        limit = self.hop_marks.low(q) + self.hop_ahead_ms
+        if first is None or first > limit:
+            return None  # a customer partition has not sent up to its time yet
+        watermark = self.watermarks.event_time.get(q, NO_TIME)
+        early = False
+        if first > watermark:
+            state = self.watermarks.check(q, first)
+            if state is Readiness.WAIT:
+                limit = min(limit, watermark)
+            early = state is Readiness.EARLY
+        taken = self.hop_pool.take(q, limit)
+        if taken is None:
+            return None
+        self._progress_changed.add(q)
+        return taken, [early and t > watermark for t in taken.times]
+
+    def _drain(self, q: int) -> None:
+        """Move ``q``'s processed offset past its fully decided records (their events are
+        acknowledged as each is finished, in any order)."""
+        for record in self.hop_pool.drained(q):
+            self.hop.on_processed(q, record.offset)
+        self._progress_changed.add(q)
+
+    def store_hop_progress(self) -> None:
+        """Put each changed hop partition's progress in its terminal state (a checkpoint
+        starts: it goes with the state and offsets it matches)."""
+        for q in self._progress_changed:
+            value = encode_progress(self.hop_pool.progress(q))
+            self.terminals.store.put_many(q, [(PROGRESS_KEY, value)])
+        self._progress_changed.clear()
 
     async def tick(self) -> None:
         """Release what waited on a partition that has since caught up or gone idle, and end a
@@ -496,7 +528,7 @@ class WorkerLoop:
             return
         self._reported_at = now
         held = self.aligner.held_by_partition()
-        hop = {q: n for q, n in self.hop_rows.items() if n}
+        hop = self.hop_pool.rows_by_partition()
         if not (held or self.waiting or hop):
             return
         labels = sorted({w.partition for w in list(self.waiting)[:1]} | set(hop))
@@ -524,8 +556,8 @@ class WorkerLoop:
             self.hop_marks.forget(range(self.partitions))
             self.waiting.clear()
             self.waiting_on.clear()
-            self.hop_waiting.clear()
-            self.hop_rows.clear()
+            self.hop_pool.forget()
+            self._progress_changed.clear()
             self.consumed.forget(list(self.consumed.offsets()))
             self.consumer.resume_partitions(self.paused)
             self.paused = set()

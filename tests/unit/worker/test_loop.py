@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from fraud.contracts.partitioning import CONTRACT_HEADER, ENRICHED_BATCH, partition_for
 from fraud.contracts.records import RawRecord
+from fraud.contracts.units import CUSTOMER_STAGE_FEATURES
 from fraud.metrics import WorkerMetrics
 from fraud.scoring.customer_stage import CustomerStage
 from fraud.scoring.policy import Policy, load_policy
@@ -25,13 +26,14 @@ from fraud.scoring.terminal_stage import TerminalStage
 from fraud.settings import Settings
 from fraud.testing import FakeClock, make_record
 from fraud.v1.decision_pb2 import INCOMPLETE_LABELS, Decision
-from fraud.v1.enriched_pb2 import EnrichedBatch
+from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
 from fraud.windows.store import InMemoryStore
 from fraud.worker.checkpoint import Checkpoints, Delivery, Offsets
 from fraud.worker.loop import WorkerLoop
 from fraud.worker.partitions import TopicPartition, by_terminal_topic
+from fraud.worker.source_marks import encode_marks
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -780,5 +782,93 @@ def test_labels_unread_in_kafka_are_waited_for_on_the_hop_too(policy: Policy) ->
         await h.loop.tick()
         await h.loop.checkpoints.delivered()
         assert h.acked_once([hop_event, *events])
+
+    run(main)
+
+
+# --- the hop across workers ---------------------------------------------------------------------
+
+
+def hop_batch(txs: Sequence[Transaction], marks: Mapping[int, int]) -> bytes:
+    """A repartition record as another worker's customer stage sends it."""
+    items = [
+        EnrichedTransaction(transaction=t, customer_features=[0.0] * len(CUSTOMER_STAGE_FEATURES))
+        for t in txs
+    ]
+    return EnrichedBatch(items=items, marks=encode_marks(marks)).SerializeToString()
+
+
+class HopFeed:
+    """Hop records of one partition, at consecutive offsets, fed to a harness's terminal agent."""
+
+    def __init__(self, q: int) -> None:
+        self.q = q
+        self.values: list[bytes] = []
+
+    def add(self, txs: Sequence[Transaction], marks: Mapping[int, int]) -> None:
+        self.values.append(hop_batch(txs, marks))
+
+    async def feed(self, h: Harness, start: int = 0) -> list[FakeEvent]:
+        records = [
+            RawRecord(None, v, REPARTITION, self.q, offset, T, ENRICHED_BATCH)
+            for offset, v in enumerate(self.values)
+            if offset >= start
+        ]
+        events = [h.event(f"hop-{r.offset}") for r in records]
+        await h.loop.on_repartitioned(records, events)
+        return events
+
+
+def two_senders(q_terminal: str) -> tuple[HopFeed, Transaction, Transaction]:
+    """Customer partition 0's worker is a week ahead of partition 1's: its record of a
+    transaction at ``T`` comes first, then the other's at ``T - 7 days - 1 hour``, which the
+    first one's terminal window (t - 8 days, t - 7 days] must count."""
+    q = partition_for(q_terminal, P)
+    ahead = tx(1, customer_on(0), q_terminal, T)
+    behind = tx(2, customer_on(1), q_terminal, T - 7 * DAY_MS - HOUR_MS)
+    feed = HopFeed(q)
+    feed.add([ahead], {0: T})
+    feed.add([behind], {1: behind.event_time_ms})
+    return feed, ahead, behind
+
+
+def test_hop_rows_are_decided_in_event_time_order_across_senders(policy: Policy) -> None:
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        feed, ahead, behind = two_senders("T1")
+        feed.add([], {1: T})  # partition 1's worker catches up
+        events = await feed.feed(h)
+        decided = {d.transaction_id: d for d in h.emitter.decisions()}
+        assert list(decided) == [behind.transaction_id, ahead.transaction_id]
+        assert decided[ahead.transaction_id].features["terminal_nb_tx_1d"] == 1.0
+        await h.loop.tick()
+        await h.loop.checkpoints.delivered()
+        assert h.acked_once(events)
+
+    run(main)
+
+
+def test_a_record_decided_past_an_undecided_one_is_not_decided_again(policy: Policy) -> None:
+    """The committed offset stops at the oldest record not decided; the records decided
+    after it are in the stored progress, and a re-read (a restart, a new owner) skips them."""
+
+    async def main() -> None:
+        settings = SETTINGS.with_overrides(single_stage=False)
+        h = Harness(policy, settings)
+        feed, ahead, behind = two_senders("T1")
+        await feed.feed(h)
+        assert [d.transaction_id for d in h.emitter.decisions()] == [behind.transaction_id]
+        h.mono.advance(1_000)
+        await h.loop.tick()
+        await h.loop.checkpoints.delivered()
+        assert h.emitter.commits[-1][(REPARTITION, feed.q)] == 0  # the ahead record's offset
+        # a new owner on the same state, reading from the committed offset
+        again = Harness(policy, settings)
+        again.terminals.store = h.terminals.store
+        feed.add([], {1: T})
+        await feed.feed(again, start=0)
+        assert [d.transaction_id for d in again.emitter.decisions()] == [ahead.transaction_id]
+        [decision] = again.emitter.decisions()
+        assert decision.features["terminal_nb_tx_1d"] == 1.0
 
     run(main)

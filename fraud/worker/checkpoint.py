@@ -71,6 +71,10 @@ class Emitter(Protocol):
         """A delivery failed and the worker stops: undo what can be undone."""
         ...
 
+    def close(self) -> None:
+        """The worker stops after its last delivery: nothing sent from now on counts."""
+        ...
+
 
 class Changelog(Protocol):
     """A state table's changelog (``fraud.worker.table_store.FaustTableStore``)."""
@@ -273,6 +277,12 @@ class Checkpoints:
             log.error("the last checkpoint was not delivered: %s", exc)
             self.delivery.emitter.abandon()
             return
+        finally:
+            # The agents run on until the app stops: what they send now is never committed
+            # (it is consumed again from the offsets just committed), and must not hold an
+            # open transaction, which would keep every read-committed reader of its partitions
+            # waiting for the transaction timeout.
+            self.delivery.emitter.close()
         for event in [*self.in_flight, *self.unacked]:
             event.ack()
         self.in_flight.clear()

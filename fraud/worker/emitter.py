@@ -107,6 +107,9 @@ class KafkaEmitter:
     def abandon(self) -> None:
         """Nothing to undo: what was sent is delivered or lost with the process."""
 
+    def close(self) -> None:
+        """Nothing to close: later sends are delivered like the rest (at least once)."""
+
     def flush(self, timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
         """Wait until everything queued is delivered; raise EmitError if anything failed.
 
@@ -176,6 +179,7 @@ class TransactionalEmitter(KafkaEmitter):
         self._holding = False
         self._started = False
         self._open = False
+        self._closed = False
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Fence any earlier producer with this id (its open transaction is aborted) and open
@@ -188,6 +192,8 @@ class TransactionalEmitter(KafkaEmitter):
             self._open = True
 
     def send(self, topic: str, key: bytes | None, value: bytes, **kwargs: Any) -> None:
+        if self._closed:
+            return  # the worker stops: never committed (see close)
         if self._holding:
             self._held.append(((topic, key, value), kwargs))
             return
@@ -289,6 +295,14 @@ class TransactionalEmitter(KafkaEmitter):
             except KafkaException as abort_exc:
                 log.error("aborting the transaction failed: %s", abort_exc)
         raise EmitError(f"transaction not committed (aborted): {error}") from exc
+
+    def close(self) -> None:
+        """The last delivery is done and the worker stops: abort the transaction that sends
+        since then opened, and drop every later send. A transaction left open would hold back
+        every read-committed reader of its partitions (decisions, the repartition topic, the
+        changelogs) until the broker aborts it, ``transaction.timeout.ms`` later."""
+        self._closed = True
+        self.abandon()
 
     def abandon(self) -> None:
         """Abort the open transaction (the worker stops after a failed commit): nothing sent

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -32,15 +32,24 @@ from fraud.kafka_config import make_consumer, watermark_offsets
 log = logging.getLogger("fraud.worker")
 
 
-def last_data_offsets(
-    brokers: str, highs: Mapping[tuple[str, int], int], timeout_s: float = 60.0
+def committed_ends(
+    brokers: str,
+    tps: Iterable[tuple[str, int]],
+    timeout_s: float = 120.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[tuple[str, int], int]:
-    """The offset of the last committed record of each partition (-1: none), read from the
-    end of ``highs`` (partition -> high watermark, the offset after the last one): a tail of
-    commit and abort markers and aborted records has no record a reader would receive."""
-    out: dict[tuple[str, int], int] = {}
-    back = {tp: 4 for tp in highs}
-    consumer = make_consumer(
+    """The offset of the last committed record of each changelog partition (-1: none).
+
+    First waits until every transaction open on a partition when this is called has ended
+    (its last stable offset has reached its high watermark): a producer that stopped inside a
+    transaction (a worker stopped, killed or removed from the group) holds back, until it is
+    aborted (``transaction.timeout.ms``) or its successor fences it, every record committed
+    after its first one; a recovery that took the last stable offset for the end would lose
+    them, or throw away a local state that holds them. Then reads the end of each partition
+    from its high watermark back: a tail of commit and abort markers and aborted records has
+    no record a reader would receive."""
+    peek = make_consumer(brokers, **{"group.id": "fraud-recovery"})
+    reader = make_consumer(
         brokers,
         **{
             "group.id": "fraud-recovery",
@@ -49,64 +58,108 @@ def last_data_offsets(
             "isolation.level": "read_committed",
         },
     )
-    deadline = time.monotonic() + timeout_s
     try:
-        while back:
-            starts: dict[tuple[str, int], int] = {}
-            for (topic, partition), n in back.items():
-                low, _ = watermark_offsets(consumer, TopicPartition(topic, partition))
-                starts[(topic, partition)] = max(low, highs[(topic, partition)] - n)
-            consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
-            last: dict[tuple[str, int], int] = {}
-            open_tps = {tp for tp in starts if starts[tp] < highs[tp]}
-            while open_tps:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading the end of {sorted(open_tps)} took too long")
-                for message in consumer.consume(1000, timeout=0.5):
-                    tp = (str(message.topic()), int(message.partition() or 0))
-                    error = message.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            raise KafkaException(error)
-                        open_tps.discard(tp)
-                        continue
-                    last[tp] = max(last.get(tp, -1), int(message.offset() or 0))
-            again: dict[tuple[str, int], int] = {}
-            for tp, n in back.items():
-                if tp in last or starts[tp] <= 0 or starts[tp] == _low(consumer, tp):
-                    out[tp] = last.get(tp, -1)
-                else:
-                    again[tp] = n * 8  # only markers and aborted records so far: look further
-            back = again
-        return out
+        highs = {tp: watermark_offsets(peek, TopicPartition(*tp))[1] for tp in tps}
+        _wait_stable(reader, highs, clock() + timeout_s, clock)
+        return _last_records(reader, highs, clock() + timeout_s, clock)
     finally:
-        consumer.close()
+        peek.close()
+        reader.close()
 
 
-def _low(consumer: Any, tp: tuple[str, int]) -> int:
-    low, _ = watermark_offsets(consumer, TopicPartition(*tp))
-    return low
+def _wait_stable(
+    reader: Any,
+    highs: Mapping[tuple[str, int], int],
+    deadline: float,
+    clock: Callable[[], float],
+    report_every_s: float = 5.0,
+) -> None:
+    """Wait until the last stable offset of every partition reaches ``highs``."""
+    started = reported = clock()
+    waiting = dict(highs)
+    while waiting:
+        for tp, high in list(waiting.items()):
+            if watermark_offsets(reader, TopicPartition(*tp))[1] >= high:  # read_committed: LSO
+                del waiting[tp]
+        if not waiting:
+            return
+        now = clock()
+        if now > deadline:
+            raise TimeoutError(
+                f"transactions open on {sorted(waiting)} for {now - started:.0f} s did not end"
+            )
+        if now - reported >= report_every_s:
+            reported = now
+            log.warning(
+                "recovery waits for transactions open on %s to end (%.0f s so far; a stopped "
+                "producer's is aborted after its transaction timeout)",
+                sorted(waiting),
+                now - started,
+            )
+        time.sleep(0.1)
+
+
+def _last_records(
+    reader: Any,
+    highs: Mapping[tuple[str, int], int],
+    deadline: float,
+    clock: Callable[[], float],
+) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    back = {tp: 4 for tp, high in highs.items() if high > 0}
+    out.update({tp: -1 for tp, high in highs.items() if high <= 0})
+    while back:
+        starts: dict[tuple[str, int], int] = {}
+        lows: dict[tuple[str, int], int] = {}
+        for tp, n in back.items():
+            lows[tp] = watermark_offsets(reader, TopicPartition(*tp))[0]
+            starts[tp] = max(lows[tp], highs[tp] - n)
+        reader.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        last: dict[tuple[str, int], int] = {}
+        open_tps = set(starts)
+        while open_tps:
+            if clock() > deadline:
+                raise TimeoutError(f"reading the end of {sorted(open_tps)} took too long")
+            for message in reader.consume(1000, timeout=0.5):
+                tp = (str(message.topic()), int(message.partition() or 0))
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    open_tps.discard(tp)
+                    continue
+                if int(message.offset() or 0) < highs[tp]:
+                    last[tp] = max(last.get(tp, -1), int(message.offset() or 0))
+        again: dict[tuple[str, int], int] = {}
+        for tp, n in back.items():
+            if tp in last or starts[tp] <= lows[tp]:
+                out[tp] = last.get(tp, -1)
+            else:
+                again[tp] = n * 8  # only markers and aborted records so far: look further
+        back = again
+    return out
 
 
 class _CommittedRecovery(Recovery):
     async def _build_highwaters(
         self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str
     ) -> None:
-        """Faust's last offset of each changelog partition, moved back to the last record
-        a reader receives (the last offset of a transactional changelog is a marker)."""
+        """The last offset of each changelog partition: the last committed record, once every
+        transaction open on it has ended (``committed_ends``). Faust's own is the end offset
+        its read-committed consumer is told, the last stable offset, which stops at the first
+        record of an open transaction; and with transactions, the last offset is a marker."""
         await super()._build_highwaters(consumer, tps, destination, title)
-        highs = {(tp.topic, tp.partition): destination[tp] + 1 for tp in tps}
-        highs = {tp: high for tp, high in highs.items() if high > 0}
-        if not highs:
+        if not tps:
             return
         brokers = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
         found = await asyncio.get_running_loop().run_in_executor(
-            None, last_data_offsets, brokers, highs
+            None, committed_ends, brokers, [(tp.topic, tp.partition) for tp in tps]
         )
         for tp in tps:
             key = (tp.topic, tp.partition)
-            if key in found:
-                destination[tp] = found[key]
+            if found.get(key, -1) != destination.get(tp, -1):
+                log.info("%s ends at %d (Faust: %d)", tp, found.get(key, -1), destination[tp])
+            destination[tp] = found.get(key, -1)
 
     async def _build_offsets(
         self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str

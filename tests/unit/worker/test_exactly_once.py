@@ -152,3 +152,20 @@ def test_a_commit_that_went_through_with_a_failed_delivery_ends_its_transaction(
     emitter.send("decisions", None, b"z")
     emitter.deliver({})
     assert fake.calls == ["begin", "produce decisions", "commit"]
+
+
+def test_a_closed_emitter_aborts_what_was_sent_after_its_last_delivery_and_sends_no_more() -> None:
+    """A stopping worker's agents run on after its last commit; their output must neither
+    be committed nor keep a transaction open (read-committed readers would wait for it)."""
+    emitter = TransactionalEmitter(
+        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
+    )
+    fake = FakeTxnProducer(refused="none")
+    emitter._producer = fake  # type: ignore[assignment]
+    emitter.send("decisions", None, b"committed")
+    emitter.deliver({})
+    emitter.send("decisions", None, b"after the last delivery")
+    fake.calls.clear()
+    emitter.close()
+    emitter.send("decisions", None, b"after close")
+    assert fake.calls == ["abort"]

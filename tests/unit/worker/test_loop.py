@@ -166,6 +166,9 @@ class FakeEmitter:
     def abandon(self) -> None:
         self.journal.append(("abandon", ""))
 
+    def close(self) -> None:
+        self.journal.append(("close", ""))
+
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
 

@@ -332,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         "time) after each transaction",
     )  # fmt: skip
     p.add_argument(
+        "--label-lead-days", type=float, default=0.0,
+        help="publish each label this many days (event time) before its label time, so that "
+        "it is read before the transactions it counts for whatever the worker's speed on "
+        "either topic (a label read early changes no feature; default 0: at its time, "
+        "racing the transactions produced right after it)",
+    )  # fmt: skip
+    p.add_argument(
         "--fraud-labels-only", action="store_true",
         help="publish only the labels of frauds, as a chargeback feed does (a 'not fraud' "
         "label changes no feature)",
@@ -654,6 +661,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     delay = None if args.label_delay_days is None else int(args.label_delay_days * DAY_MS)
     if delay is not None and source.mapping.fraud is None:
         raise CliError("--label-delay-days given but the file has no fraud label column")
+    lead = int(args.label_lead_days * DAY_MS)
+    if lead < 0 or (lead and (delay is None or lead >= delay)):
+        raise CliError("--label-lead-days must be >= 0 and less than --label-delay-days")
     bar = tqdm(total=total, unit="tx", unit_scale=True, disable=args.no_progress, file=sys.stderr)
     try:
         stats = replay(
@@ -662,6 +672,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             source=source,
             pacing=Pacing(speed=args.speed, rate=args.rate),
             label_delay_ms=delay,
+            label_lead_ms=lead,
             limit=args.limit,
             progress=bar.update,
             batch=args.batch,

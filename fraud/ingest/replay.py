@@ -9,7 +9,7 @@ Labels (fraud feedback) in the file are published to the labels topic, keyed by 
 worker's terminal stage owns them), when the replay reaches
 their event time, the transaction's time plus ``label_delay_ms``, so labels and transactions
 arrive in event-time order whatever the replay speed; labels still pending at the end of the
-file are published last.
+file are published last. ``label_lead_ms`` publishes them that much earlier (see ``replay``).
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ def replay(
     default_currency: str = "EUR",
     pacing: Pacing = Pacing(),
     label_delay_ms: int | None = None,
+    label_lead_ms: int = 0,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
     source: Source | None = None,
@@ -179,6 +180,10 @@ def replay(
     ``fraud_labels_only`` publishes the labels of frauds only: a label saying "not fraud"
     changes no feature (terminal risk counts frauds among the transactions of the window), as
     a chargeback feed only reports frauds.
+    ``label_lead_ms`` publishes each label that much event time before its label time (less
+    than the delay, so after its transaction): a label and the transaction after it in the
+    merged order go to different partitions, which Kafka does not order, so without a lead a
+    worker may read the transaction first, and decide it without the label.
     ``progress`` receives the number of transactions sent since its previous call.
     Raises SourceError on a bad row (after producing the rows before it), which includes a row
     the worker would dead-letter (the Source checks each row with ``validate_transaction``; a
@@ -232,7 +237,7 @@ def replay(
                         batcher.flush()
                     sleep(ahead)
             if pending:
-                labels += flush_labels(t)
+                labels += flush_labels(t + label_lead_ms)
             if batcher is not None:
                 batcher.add(tx)
             else:

@@ -48,7 +48,11 @@ def committed_ends(
     them, or throw away a local state that holds them. Then reads the end of each partition
     from its high watermark back: a tail of commit and abort markers and aborted records has
     no record a reader would receive."""
-    peek = make_consumer(brokers, **{"group.id": "fraud-recovery"})
+    # librdkafka's watermark query answers with the last stable offset under read_committed,
+    # its default isolation level, and with the high watermark only under read_uncommitted
+    peek = make_consumer(
+        brokers, **{"group.id": "fraud-recovery", "isolation.level": "read_uncommitted"}
+    )
     reader = make_consumer(
         brokers,
         **{

@@ -192,6 +192,12 @@ class WorkerProcess:
         return True
 
 
+# Labels go this far ahead of their time (event days; the file's 60 days take 30-60 s): the
+# clean and the fault runs then read every label before the transactions it counts for,
+# instead of racing them (``fraud.ingest.replay``).
+LABEL_LEAD_DAYS = 1.0
+
+
 class Replayer:
     """``fraud replay FILE --rate R`` with labels, as a child process."""
 
@@ -206,7 +212,7 @@ class Replayer:
         args = [
             sys.executable, "-m", "fraud", "replay", str(self.path), *kafka_args(self.settings),
             "--rate", f"{self.rate:.3f}", "--label-delay-days", str(LABEL_DELAY_DAYS),
-            "--no-progress", "--no-create-topics",
+            "--label-lead-days", str(LABEL_LEAD_DAYS), "--no-progress", "--no-create-topics",
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

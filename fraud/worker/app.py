@@ -283,8 +283,6 @@ def _prepare(
             store_of[topic].open_partition(partition)
     highs = high_watermarks(settings.brokers, [names.transactions, names.labels, repartition])
     loop.positions.start_highs.update(highs)
-    if isinstance(emitter, TransactionalEmitter):
-        emitter.start()  # fences this worker's earlier instance before its first batch
     emitter.warm(
         [
             names.decisions,
@@ -300,6 +298,9 @@ def _prepare(
 @dataclass(frozen=True)
 class WorkerApp:
     app: faust.App
+    # Run before Faust starts: fence this worker's earlier instance (a transaction it left open
+    # is aborted at once, instead of holding the changelogs' recovery back until it times out).
+    fence: Callable[[], None]
     # Run once partitions are assigned, before the worker says it is ready.
     prepare: Callable[[], None]
     # Deliver whatever the stages queued; run when the worker stops.
@@ -392,4 +393,5 @@ def create_app(
         _observe_lag_and_tables(consumer, metrics, stores)
 
     prepare = functools.partial(_prepare, settings, loop, emitter, customer_store, terminal_store)
-    return WorkerApp(app, prepare, loop.close, terminals)
+    fence = emitter.start if isinstance(emitter, TransactionalEmitter) else lambda: None
+    return WorkerApp(app, fence, prepare, loop.close, terminals)

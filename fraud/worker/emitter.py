@@ -183,7 +183,9 @@ class TransactionalEmitter(KafkaEmitter):
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Fence any earlier producer with this id (its open transaction is aborted) and open
-        the first transaction; done by the first send or delivery when not called before."""
+        the first transaction. The worker calls it before it consumes anything; after that it
+        only opens the next transaction (from the event loop's sends, or from a delivery in
+        its thread while those sends are held: never both at once)."""
         if not self._started:
             self._producer.init_transactions(timeout_s)
             self._started = True

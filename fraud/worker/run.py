@@ -68,6 +68,9 @@ def run_worker(
     policy = watcher.catch_up()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     built = create_app(settings, policy)
+    # Before Faust: init_transactions, here and in no other thread. Left to the first batch,
+    # it raced a delivery already running in its thread, which it fenced (purging its records).
+    built.fence()
 
     def prepare() -> None:
         built.prepare()

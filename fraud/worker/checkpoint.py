@@ -146,6 +146,7 @@ class Delivery:
         self.consumed = consumed or Consumed()
         self.before_changelogs = before_changelogs
         self.failed: BaseException | None = None
+        self.closed = False
         self._lock = asyncio.Lock()
 
     def send_changelogs(self) -> None:
@@ -160,6 +161,8 @@ class Delivery:
         async with self._lock:
             if self.failed is not None:
                 raise DeliveryFailed("an earlier delivery failed") from self.failed
+            if self.closed:
+                raise DeliveryFailed("the worker is stopping: its last delivery is done")
             # No await between these three: the state, the outputs and the offsets of the
             # delivery are those of the same records.
             self.send_changelogs()
@@ -190,6 +193,13 @@ class Delivery:
         self.emitter.release_sends()
         self._delivered(offsets)
 
+    async def close(self) -> None:
+        """No delivery after this one: wait for the one running (a delivery the agents started
+        runs in its thread: the emitter must not be closed under it), then close the emitter."""
+        async with self._lock:
+            self.closed = True
+            self.emitter.close()
+
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
         self.emitter.abandon()
@@ -219,6 +229,7 @@ class Checkpoints:
         self.in_flight: list[Ackable] = []  # events of the checkpoint being flushed
         self._delivering: list[asyncio.Future[None]] = []
         self.last_at = clock()
+        self.closed = False  # the worker stops: close() makes the last delivery
 
     def hold(self, events: Sequence[Ackable]) -> None:
         """Acknowledge ``events`` at the next checkpoint."""
@@ -241,9 +252,11 @@ class Checkpoints:
     async def if_due(self) -> None:
         """Once the previous checkpoint is delivered, send the changed state and flush in the
         background, then acknowledge the events held for it."""
-        if not self.due():
+        if self.closed or not self.due():
             return
         await self.delivered()
+        if self.closed:
+            return
         self.in_flight[:] = self.unacked
         self.unacked.clear()
         self.last_at = self.clock()
@@ -259,8 +272,12 @@ class Checkpoints:
 
     async def deliver_then_ack(self, events: Sequence[Ackable]) -> None:
         """Deliver now, with the state of every event held so far, and acknowledge them all
-        and ``events``."""
+        and ``events`` (after ``close``: nothing, they are consumed again)."""
+        if self.closed:
+            return
         await self.delivered()
+        if self.closed:
+            return
         events = [*self.unacked, *events]
         self.unacked.clear()
         await self.delivery.deliver()
@@ -269,7 +286,10 @@ class Checkpoints:
 
     async def close(self) -> None:
         """Deliver everything queued and acknowledge every event held or in flight; after a
-        failed delivery, abandon what is queued (nothing of it counts) instead."""
+        failed delivery, abandon what is queued (nothing of it counts) instead. The agents run
+        on until the app stops, but start no delivery after this one: what they decide now is
+        consumed again from the offsets this delivery commits."""
+        self.closed = True
         try:
             await self.delivered()
             await self.delivery.deliver()
@@ -278,11 +298,10 @@ class Checkpoints:
             self.delivery.emitter.abandon()
             return
         finally:
-            # The agents run on until the app stops: what they send now is never committed
-            # (it is consumed again from the offsets just committed), and must not hold an
-            # open transaction, which would keep every read-committed reader of its partitions
-            # waiting for the transaction timeout.
-            self.delivery.emitter.close()
+            # What the agents send from now on must not hold an open transaction either: it
+            # would keep every read-committed reader of its partitions waiting for the
+            # transaction timeout.
+            await self.delivery.close()
         for event in [*self.in_flight, *self.unacked]:
             event.ack()
         self.in_flight.clear()

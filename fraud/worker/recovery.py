@@ -172,7 +172,12 @@ class _CommittedRecovery(Recovery):
         than the changelog holds (the topic was recreated, or lost records) is emptied and
         rebuilt from the changelog, instead of stopping the worker."""
         await super()._build_offsets(consumer, tps, destination, title)
-        highs = self.active_highwaters if title == "active" else self.standby_highwaters
+        if title != "active":
+            # Faust builds the standby partitions' offsets before their highwaters (the ones
+            # at hand are the previous rebalance's: every standby looked ahead and was thrown
+            # away); a standby that is really ahead is caught here once it becomes active.
+            return
+        highs = self.active_highwaters
         for tp in tps:
             have, high = destination.get(tp), highs.get(tp)
             if have is None or high is None or have <= high:

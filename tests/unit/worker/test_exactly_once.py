@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError
 from prometheus_client import CollectorRegistry
 
 from fraud.metrics import WorkerMetrics
-from fraud.worker.checkpoint import Consumed, Delivery, Offsets
+from fraud.worker.checkpoint import Checkpoints, Consumed, Delivery, Offsets
 from fraud.worker.emitter import EmitError, GroupMember, TransactionalEmitter
 from tests.unit.worker.test_loop import Background, FakeEmitter, settle
 
@@ -169,3 +169,40 @@ def test_a_closed_emitter_aborts_what_was_sent_after_its_last_delivery_and_sends
     emitter.close()
     emitter.send("decisions", None, b"after close")
     assert fake.calls == ["abort"]
+
+
+def test_the_stop_closes_the_emitter_after_an_agent_delivery_and_none_starts_after() -> None:
+    """An agent starts a delivery while the stop's last one is in its thread: the emitter is
+    closed (its open transaction aborted) only once that one is done too, never under it;
+    and no checkpoint starts after the stop."""
+
+    async def main() -> None:
+        journal: list[tuple[str, str]] = []
+        emitter = FakeEmitter(journal)
+        background = Background()
+        delivery = Delivery(
+            emitter, [], WorkerMetrics(CollectorRegistry()), background, lambda offsets: None
+        )
+        checkpoints = Checkpoints(delivery, lambda: 1_000.0, interval_s=0.0)
+        background.gate.clear()
+        stop = asyncio.ensure_future(checkpoints.close())
+        await settle()
+        assert background.in_flight == 1  # the stop's delivery
+        agent = asyncio.ensure_future(delivery.deliver())  # waits for it
+        await settle()
+        background.gate.set()
+        await stop
+        await agent
+        flushes = [i for i, entry in enumerate(journal) if entry == ("flush", "")]
+        assert len(flushes) == 2 and journal.index(("close", "")) > flushes[-1]
+        checkpoints.hold([FakeEventForStop()])
+        await checkpoints.if_due()
+        await checkpoints.deliver_then_ack([])
+        assert emitter.flushes == 2  # nothing delivered after the stop
+
+    asyncio.run(main())
+
+
+class FakeEventForStop:
+    def ack(self) -> bool:
+        raise AssertionError("an event decided after the stop is consumed again, not acked")

@@ -11,17 +11,30 @@ repartition topic and the changelogs are written in transactions, and a checkpoi
 aborted must never be read or restored), and Faust commits no offsets itself: the worker's
 transactions commit them with their outputs (``fraud.worker.emitter.TransactionalEmitter``).
 A commit of Faust's own, of the offsets acknowledged after a transaction, could otherwise land
-after a later transaction's and move the group's offsets back.
+after a later transaction's and move the group's offsets back. After each assignment it starts
+from the group's stable committed offsets (``stable_committed``): aiokafka's offset fetch
+(OffsetFetch v3) answers with the last offsets committed before a transaction whose markers
+are still being written, so a new owner started a checkpoint behind the one the previous owner
+had just committed in its revocation, and decided it again.
 
 Both may join the group as a static member (``group_instance_id``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from fraud.kafka_config import make_consumer
+
+log = logging.getLogger("fraud.worker")
 
 FETCH_MAX_WAIT_MS = 20
 
@@ -37,11 +50,86 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+def stable_committed(
+    brokers: str,
+    group_id: str,
+    tps: Iterable[tuple[str, int]],
+    timeout_s: float = 120.0,
+    clock: Callable[[], float] = time.monotonic,
+    report_every_s: float = 5.0,
+) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset of each partition (None: none), once no transaction that
+    commits offsets for it is pending: librdkafka's read-committed offset fetch asks for stable
+    offsets (KIP-447) and is refused while a transaction's markers are not written yet, or a
+    stopped producer's transaction is still open (until it is aborted)."""
+    consumer = make_consumer(
+        brokers,
+        **{
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        },
+    )
+    started = reported = clock()
+    wanted = [KafkaTopicPartition(t, p) for t, p in tps]
+    try:
+        while True:
+            try:
+                found = consumer.committed(wanted, timeout=2.0)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError) or error.code() != KafkaError._TIMED_OUT:
+                    raise
+            now = clock()
+            if now - started > timeout_s:
+                raise TimeoutError(f"the committed offsets of {group_id} stayed unstable")
+            if now - reported >= report_every_s:
+                reported = now
+                log.warning(
+                    "waiting for the committed offsets of %s to be stable (a transaction "
+                    "still pending: %.0f s so far)",
+                    group_id,
+                    now - started,
+                )
+    finally:
+        consumer.close()
+    return {
+        (str(tp.topic), int(tp.partition)): (int(tp.offset) if tp.offset >= 0 else None)
+        for tp in found
+    }
+
+
 class _TransactionalConsumerThread(_ConsumerThread):
     isolation_level = "read_committed"
 
     async def _commit(self, offsets: Mapping[Any, int]) -> bool:
         return True  # committed by the worker's transactions
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        """Seek every assigned partition to the group's stable committed offset."""
+        return await self.call_thread(self._seek_to_stable)  # type: ignore[no-any-return]
+
+    async def _seek_to_stable(self) -> Mapping[Any, int | None]:
+        consumer = self._ensure_consumer()
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return {}
+        brokers = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
+        found = await asyncio.get_running_loop().run_in_executor(
+            None,
+            stable_committed,
+            brokers,
+            str(consumer._group_id),
+            [(tp.topic, tp.partition) for tp in assigned],
+        )
+        out: dict[Any, int | None] = {}
+        for tp in assigned:
+            offset = found.get((tp.topic, tp.partition))
+            out[tp] = offset
+            if offset is not None and offset > 0:
+                consumer.seek(tp, offset)
+        return out
 
 
 class _Consumer(faust_aiokafka.Consumer):

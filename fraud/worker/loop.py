@@ -546,7 +546,16 @@ class WorkerLoop:
         """Partitions are being revoked (a rebalance): deliver what was handled, with its
         offsets, while this worker is still a member of the generation that owns them; then
         forget everything else. Every partition is consumed again from its committed offset
-        after the rebalance (Faust's eager protocol), by this worker or its new owner."""
+        after the rebalance (Faust's eager protocol), by this worker or its new owner.
+
+        Under the loop's lock: a release or hop decision that an agent would run while this
+        delivery is in flight would send its outputs and state into the next transaction,
+        after the revocation, with no offsets (forgotten here): the partitions' new owners
+        would decide that input again, and apply it to their state twice."""
+        async with self._lock:
+            await self._revoke()
+
+    async def _revoke(self) -> None:
         try:
             await self.checkpoints.deliver_then_ack([])
         finally:

@@ -875,3 +875,26 @@ def test_a_record_decided_past_an_undecided_one_is_not_decided_again(policy: Pol
         assert decision.features["terminal_nb_tx_1d"] == 1.0
 
     run(main)
+
+
+def test_nothing_is_decided_into_the_transaction_after_a_revocation(policy: Policy) -> None:
+    """A hop batch that reaches the terminal agent while the revocation's delivery is in
+    flight is not decided: its decisions would be committed after the revocation without the
+    offsets that cover them, and the partition's next owner would decide it again."""
+
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        feed, _, _ = two_senders("T1")
+        feed.add([], {1: T})  # everything in it may be decided at once
+        h.background.gate.clear()
+        revoking = asyncio.ensure_future(h.loop.on_revoked())
+        await settle()
+        assert h.background.in_flight == 1  # the revocation's delivery
+        agent = asyncio.ensure_future(feed.feed(h))
+        await settle()
+        h.background.gate.set()
+        await revoking
+        await agent
+        assert h.emitter.decisions() == []
+
+    run(main)

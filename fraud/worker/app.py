@@ -379,6 +379,15 @@ def create_app(
             generation.revoked()
             await loop.on_revoked()
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Set[TP], **kwargs: Any) -> None:
+        # What the consumer has not fetched from yet is known by these: read again at each
+        # assignment (the ones read at start say nothing of partitions that filled since).
+        highs = await asyncio.get_running_loop().run_in_executor(
+            None, high_watermarks, settings.brokers, [names.transactions, names.labels, repartition]
+        )
+        loop.positions.start_highs.update(highs)
+
     @app.timer(interval=settings.batch_within_s * 10)  # type: ignore[untyped-decorator]
     async def release_held() -> None:
         await loop.tick()

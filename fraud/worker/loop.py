@@ -81,8 +81,10 @@ from fraud.worker.watermarks import LabelWatermarks, Readiness
 log = logging.getLogger("fraud.worker")
 
 # Marks go to every hop partition at least this often, so that a receiver hears from an idle
-# sender (and a restarted receiver from every sender).
-MARK_HEARTBEAT_S = 1.0
+# sender (and a restarted receiver from every sender); a receiver takes a caught-up mark for
+# MARK_FREE_FOR_S after it reads it (fraud.worker.source_marks).
+MARK_HEARTBEAT_S = 0.5
+MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
 
 
 class HeldMessage(Protocol):
@@ -209,7 +211,7 @@ class WorkerLoop:
         # Cross-worker event time on the hop (fraud.worker.source_marks): what this worker's
         # customer partitions have sent, and what each hop partition heard from every one.
         self.mark_sender = MarkSender(clock, MARK_HEARTBEAT_S, settings.checkpoint_s)
-        self.hop_marks = HopMarks(settings.partitions)
+        self.hop_marks = HopMarks(settings.partitions, clock, MARK_FREE_FOR_S)
         self.need_ms = terminals.config.delay_ms
         self.clock = clock
         self._reported_at = clock()
@@ -557,8 +559,10 @@ class WorkerLoop:
 
     async def _revoke(self) -> None:
         try:
+            self._send_last_marks()
             await self.checkpoints.deliver_then_ack([])
         finally:
+            self.positions.start_highs.clear()  # read again at the next assignment
             self.aligner.drop(range(self.partitions))
             self.watermarks.forget()
             self.mark_sender.forget()
@@ -571,7 +575,21 @@ class WorkerLoop:
             self.consumer.resume_partitions(self.paused)
             self.paused = set()
 
+    def _send_last_marks(self) -> None:
+        """This worker stops owning its customer partitions (a revocation, a stop): tell every
+        hop partition their finite marks, so that no receiver goes on taking them for caught
+        up while their next owner catches up on what came meanwhile."""
+        if self.hop.single_stage():
+            return
+        owned = self.positions.assigned(self.transactions)
+        marks = sender_marks(self.aligner, owned, caught_up_free=False)
+        if marks:
+            for q in range(self.partitions):
+                self._send_hop(q, [], marks)
+
     async def close(self) -> None:
         """Deliver everything queued and acknowledge what it covers, so that the consumer's
         last commit (after this) includes the batches decided since the last checkpoint."""
+        async with self._lock:
+            self._send_last_marks()
         await self.checkpoints.close()

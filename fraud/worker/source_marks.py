@@ -39,6 +39,13 @@ The marks assume event time does not decrease along a customer partition (as the
 received, and what comes next is at or after its latest event time, hence the mark
 ``latest - 1``.
 
+An ``END_TIME`` is also only good while its sender is heard from: it counts for
+``free_for_s`` after it is read (the receiver's clock), and senders repeat it every
+``heartbeat_s`` while it holds, so a sender that died (killed, or cut off) stops counting as
+caught up within that time, and its partitions are waited for from their last finite mark. A
+sender that stops or loses its partitions says so: its last marks before the revocation or
+the stop (``sender_marks(..., caught_up_free=False)``) are finite for every partition.
+
 Liveness: a customer partition never heard of on ``q`` counts as ``NO_TIME`` (not ready). A
 restarting consumer learns the marks from the next batches: senders send marks when they
 change and at least every ``heartbeat_s``. A dead sender's partitions are reassigned by the
@@ -79,7 +86,10 @@ class AlignerView(Protocol):
 
 
 def sender_marks(
-    aligner: AlignerView, owned: Iterable[int], idle_as_caught_up: bool = True
+    aligner: AlignerView,
+    owned: Iterable[int],
+    idle_as_caught_up: bool = True,
+    caught_up_free: bool = True,
 ) -> Marks:
     """The marks of the customer partitions ``owned``, right after ``aligner.release()``, to
     send with what it released:
@@ -91,11 +101,16 @@ def sender_marks(
       aligner's own choice: receivers go on past it, and cannot tell; the sender flags what
       it releases past it, ``exact_limit``), else as below (receivers wait for it, and need a
       timeout of their own);
-    * else its latest event time received, minus 1 (``NO_TIME`` when none)."""
+    * else its latest event time received, minus 1 (``NO_TIME`` when none).
+
+    ``caught_up_free=False`` (the last marks of a sender that stops owning its partitions):
+    no ``END_TIME``, caught up or not."""
     limit = aligner.last_limit
     free = (
         aligner.last_caught_up | aligner.last_idle if idle_as_caught_up else aligner.last_caught_up
     )
+    if not caught_up_free:
+        free = frozenset()
     marks: Marks = {}
     for c in owned:
         if aligner.holds(c):
@@ -160,20 +175,31 @@ class MarkSender:
 class _Mark:
     finite: int = NO_TIME  # the maximum finite mark read
     free: bool = False  # the last mark read was END_TIME
+    free_at: float = 0.0  # when it was read (receiver's clock)
 
-    @property
-    def value(self) -> int:
-        return END_TIME if self.free else self.finite
+    def value(self, now: float, free_for_s: float) -> int:
+        if self.free and now - self.free_at <= free_for_s:
+            return END_TIME
+        return self.finite
 
 
 class HopMarks:
     """What a consumer of the hop knows: ``W[q][c]`` for each hop partition ``q`` it reads and
     each customer partition ``c`` in ``range(partitions)``."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(
+        self,
+        partitions: int,
+        clock: Callable[[], float] = lambda: 0.0,
+        free_for_s: float = float("inf"),
+    ) -> None:
+        """``clock``: monotonic seconds; an ``END_TIME`` counts for ``free_for_s`` after it is
+        read (the default: until a finite mark follows)."""
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         self.partitions = partitions
+        self.clock = clock
+        self.free_for_s = free_for_s
         self._marks: dict[int, dict[int, _Mark]] = {}
 
     def observe(self, q: int, marks: Mapping[int, int]) -> None:
@@ -188,6 +214,7 @@ class HopMarks:
                 mark = known[c] = _Mark()
             if w == END_TIME:
                 mark.free = True
+                mark.free_at = self.clock()
             else:
                 mark.free = False
                 mark.finite = max(mark.finite, w)
@@ -196,7 +223,7 @@ class HopMarks:
         """``W[q][c]``: everything of customer partition ``c`` on ``q`` at or before it was read
         (``NO_TIME``: never heard of)."""
         mark = self._marks.get(q, {}).get(c)
-        return NO_TIME if mark is None else mark.value
+        return NO_TIME if mark is None else mark.value(self.clock(), self.free_for_s)
 
     def low(self, q: int) -> int:
         """The lowest mark on ``q`` over every customer partition (``NO_TIME`` while one was
@@ -204,7 +231,8 @@ class HopMarks:
         known = self._marks.get(q)
         if known is None or len(known) < self.partitions:
             return NO_TIME
-        return min(mark.value for mark in known.values())
+        now = self.clock()
+        return min(mark.value(now, self.free_for_s) for mark in known.values())
 
     def ready(self, q: int, t: int, need_ms: int) -> bool:
         """Whether a transaction read on ``q`` at event time ``t`` may be scored: everything

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from fraud.contracts.partitioning import CONTRACT_HEADER, ENRICHED_BATCH, partition_for
 from fraud.contracts.records import RawRecord
 from fraud.contracts.units import CUSTOMER_STAGE_FEATURES
+from fraud.contracts.units import INT64_MAX as END_TIME
 from fraud.metrics import WorkerMetrics
 from fraud.scoring.customer_stage import CustomerStage
 from fraud.scoring.policy import Policy, load_policy
@@ -778,10 +779,14 @@ def test_labels_unread_in_kafka_are_waited_for_on_the_hop_too(policy: Policy) ->
         q = partition_for("T1", P)
         assert h.loop.consumed.offsets()[(REPARTITION, q)] == record.offset  # not past it
         h.consumer.fetch_positions[labels_tp] = 1
+        # the receiver reads the senders' latest marks (they renew a caught-up mark's lease)
+        heartbeats = [r for r in h.hop_records() if not EnrichedBatch.FromString(r.value).items]
+        await h.loop.on_repartitioned(heartbeats, [h.event() for _ in heartbeats])
         await h.labels([fraud_label(past)])
         [decision] = h.emitter.decisions()
         assert decision.features["terminal_risk_1d"] == 1.0
         assert list(decision.incomplete) == []
+        h.mono.advance(1_000)
         await h.loop.tick()
         await h.loop.checkpoints.delivered()
         assert h.acked_once([hop_event, *events])
@@ -896,5 +901,31 @@ def test_nothing_is_decided_into_the_transaction_after_a_revocation(policy: Poli
         await revoking
         await agent
         assert h.emitter.decisions() == []
+
+    run(main)
+
+
+@pytest.mark.parametrize("how", ["revoked", "stopped"])
+def test_a_sender_that_loses_its_partitions_says_they_are_not_caught_up(
+    policy: Policy, how: str
+) -> None:
+    """Its last marks, in its last transaction, are finite: receivers wait for the next
+    owner instead of going on as if nothing more could come from them."""
+
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        await h.transactions([tx(1, customer_on(0)), tx(2, customer_on(1))])
+        first = [EnrichedBatch.FromString(s.value) for s in h.emitter.on(REPARTITION)]
+        assert any(m.event_time_ms == END_TIME for b in first for m in b.marks)  # caught up
+        h.emitter.sent.clear()
+        await (h.loop.on_revoked() if how == "revoked" else h.loop.close())
+        last = {s.partition: EnrichedBatch.FromString(s.value) for s in h.emitter.on(REPARTITION)}
+        assert sorted(last) == list(range(P))
+        for batch in last.values():
+            assert not batch.items
+            assert {m.partition: m.event_time_ms for m in batch.marks} == {0: T - 1, 1: T - 1}
+        sends = [i for i, entry in enumerate(h.journal) if entry == ("send", REPARTITION)]
+        flushes = [i for i, entry in enumerate(h.journal) if entry == ("flush", "")]
+        assert sends[-1] < flushes[-1]  # in the last delivery
 
     run(main)

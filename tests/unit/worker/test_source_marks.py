@@ -64,6 +64,9 @@ def test_sender_marks_follow_the_aligner() -> None:
     exact = {0: 9 * HOUR - 1, 1: 3 * HOUR - 1, 2: END_TIME, 3: 5 * HOUR - 1}
     assert sender_marks(al, idle, idle_as_caught_up=False) == exact
     assert sender_marks(al, [1]) == {1: END_TIME}  # only the partitions named
+    # a sender's last marks (it stops owning them): none caught up
+    last = {0: 9 * HOUR - 1, 1: 3 * HOUR - 1, 2: 2 * HOUR - 1, 3: 5 * HOUR - 1}
+    assert sender_marks(al, idle, caught_up_free=False) == last
 
 
 # --- MarkSender -------------------------------------------------------------------------------
@@ -153,6 +156,22 @@ def test_caught_up_counts_until_a_finite_mark_follows() -> None:
     assert hop.low(0) == 100
     hop.observe(0, {0: 400})
     assert hop.low(0) == 400
+
+
+def test_caught_up_counts_only_while_its_sender_is_heard_from() -> None:
+    """A sender that died is not caught up any more once its last END_TIME is older than
+    the lease: its partition is waited for from its last finite mark."""
+    clock = FakeClock(0)
+    hop = HopMarks(2, lambda: seconds(clock), free_for_s=1.5)
+    hop.observe(0, {0: 100, 1: 50})
+    hop.observe(0, {1: END_TIME})
+    assert hop.low(0) == 100
+    clock.advance(1_500)
+    assert hop.low(0) == 100  # still within the lease
+    clock.advance(1)
+    assert hop.low(0) == 50  # silent too long: its last finite mark
+    hop.observe(0, {1: END_TIME})  # heard from again
+    assert hop.low(0) == 100
 
 
 def test_receiver_ignores_unknown_partitions_and_forgets_revoked_ones() -> None:

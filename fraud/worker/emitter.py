@@ -304,7 +304,17 @@ class TransactionalEmitter(KafkaEmitter):
         every read-committed reader of its partitions (decisions, the repartition topic, the
         changelogs) until the broker aborts it, ``transaction.timeout.ms`` later."""
         self._closed = True
-        self.abandon()
+        self._holding = False
+        self._held.clear()
+        self._sent.clear()
+        if self._open:
+            self._open = False
+            try:
+                self._producer.abort_transaction(10.0)
+            except KafkaException as exc:
+                # e.g. INVALID_TXN_STATE while the partitions of its first records are still
+                # being added: nothing of it is committed, and the next start fences it.
+                log.warning("the transaction after the last delivery was left open: %s", exc)
 
     def abandon(self) -> None:
         """Abort the open transaction (the worker stops after a failed commit): nothing sent

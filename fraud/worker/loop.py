@@ -224,6 +224,7 @@ class WorkerLoop:
         self.hop_pool: HopPool[Event] = HopPool()
         self.hop_ahead_ms = min(terminals.config.delay_ms, terminals.config.allowed_lateness_ms)
         self._progress_changed: set[int] = set()  # hop partitions whose progress to store
+        self._owned_customer: set[int] = set()  # customer partitions of the last marks
         self.paused: set[TopicPartition] = set()  # paused until what they hold drains
         self._lock = asyncio.Lock()  # one release, hop decision or checkpoint start at a time
 
@@ -343,7 +344,9 @@ class WorkerLoop:
         return sent_to
 
     def _marks(self) -> dict[int, int]:
-        return sender_marks(self.aligner, self.positions.assigned(self.transactions))
+        owned = self.positions.assigned(self.transactions)
+        self._owned_customer = set(owned)
+        return sender_marks(self.aligner, owned)
 
     def _send_hop(
         self, partition: int, group: Sequence[EnrichedTransaction], marks: dict[int, int]
@@ -563,6 +566,7 @@ class WorkerLoop:
             await self.checkpoints.deliver_then_ack([])
         finally:
             self.positions.start_highs.clear()  # read again at the next assignment
+            self._owned_customer = set()
             self.aligner.drop(range(self.partitions))
             self.watermarks.forget()
             self.mark_sender.forget()
@@ -581,7 +585,8 @@ class WorkerLoop:
         up while their next owner catches up on what came meanwhile."""
         if self.hop.single_stage():
             return
-        owned = self.positions.assigned(self.transactions)
+        # The ones of its last marks: when it stops, Faust may have let go of the assignment.
+        owned = set(self.positions.assigned(self.transactions)) | self._owned_customer
         marks = sender_marks(self.aligner, owned, caught_up_free=False)
         if marks:
             for q in range(self.partitions):

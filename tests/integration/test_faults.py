@@ -2,11 +2,12 @@
 workers during a replay must lose and repeat no decision, and change no feature of a customer
 window, against a clean run.
 
-Terminal features are left out of the last check: with two workers they come over the
-repartition topic from both, and whether the other worker's transactions of the same terminal
-were already counted still depends on timing (docs/faults.md; the clean run itself is not
-exact there). That is an open bug of the event-time alignment, not of exactly-once: a replay
-after a crash that double-counted input would change the customer windows too."""
+Terminal features are left out of the last check: a SIGKILLed worker's last "caught up" source
+marks still count for up to 1.5 s at the other worker (fraud/worker/source_marks.py), which at
+this replay's pace (about 2 event days a second) is more than the terminal windows' day of
+allowed lateness, so the other worker's terminal rows can be decided ahead of what piles up on
+the dead worker's partitions. A graceful stop sends finite marks first (docs/faults.md). A
+replay after a crash that double-counted input would change the customer windows too."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ from fraud.settings import Settings, Topics
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.enriched_pb2 import EnrichedBatch, EnrichedTransaction, SourceMark
 from fraud.v1.transaction_pb2 import Transaction
-from fraud.worker.alignment import EventTimeAligner
+from fraud.worker.alignment import EventTimeAligner, Position
 from fraud.worker.checkpoint import (
     Ackable,
     Changelog,
@@ -539,13 +539,22 @@ class WorkerLoop:
         labels = sorted({w.partition for w in list(self.waiting)[:1]} | set(hop))
         log.warning(
             "holding: aligner %s, in line waiting for labels %d (first on labels partition "
-            "%s), hop waiting for labels %s; label positions %s",
+            "%s), hop rows %s (lowest source mark per hop partition: %s); label positions "
+            "%s; transactions positions %s",
             held,
             len(self.waiting),
             labels[:1],
             hop,
-            {p: self.positions.of(self.labels, p) for p in labels},
+            {q: self._lowest_mark(q) for q in hop},
+            {p: _brief(self.positions.of(self.labels, p)) for p in labels},
+            {p: _brief(pos) for p, pos in self.positions.assigned(self.transactions).items()},
         )
+
+    def _lowest_mark(self, q: int) -> str:
+        """Which customer partition holds hop partition ``q`` back, and at what mark."""
+        marks = {c: self.hop_marks.mark(q, c) for c in range(self.partitions)}
+        c = min(marks, key=marks.__getitem__)
+        return f"{c}@{marks[c]}"
 
     async def on_revoked(self) -> None:
         """Partitions are being revoked (a rebalance): deliver what was handled, with its
@@ -598,3 +607,8 @@ class WorkerLoop:
         async with self._lock:
             self._send_last_marks()
         await self.checkpoints.close()
+
+
+def _brief(pos: Position) -> str:
+    """A position in a status line: start, fetched, handed and high watermark."""
+    return f"start={pos.start} fetched={pos.fetched} handed={pos.handed} high={pos.highwater}"

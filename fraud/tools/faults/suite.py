@@ -195,11 +195,13 @@ class ScenarioRun:
         if self.writer is not None and self.writer.error:
             errors.append(f"malformed writer: {self.writer.error}")
         self.say(f"[{self.scenario.name}] replay done; waiting for the decisions")
-        last_report = time.monotonic()
+        last_report = waiting_since = time.monotonic()
         while True:
             decided, dead = self.reader.counts()
             complete = decided >= self.transactions and dead >= malformed
-            quiet = time.monotonic() - self.reader.last_message_s
+            # Quiet since the last message, or since the faults and the replay were done: a
+            # fault that kept the cluster down longer than stall_s is not a stall.
+            quiet = time.monotonic() - max(self.reader.last_message_s, waiting_since)
             if complete and quiet >= SETTLE_S:
                 break
             if not complete and quiet >= self.stall_s:

@@ -53,12 +53,18 @@ class Position:
     fetched: int | None = None
     # The next offset after the last data record it fetched in this generation (None: none).
     handed: int | None = None
+    # The high watermark is older than a fetch round takes (no fetch answered for the
+    # partition lately: its leader is down, or the consumer is starved): it may be behind.
+    stale: bool = False
 
     def caught_up(self, received_next: int | None) -> bool:
         """Everything written was received: nothing was ever written, or the next offset to
         receive (``received_next``, else ``start``) has reached the high watermark, or the
         consumer fetched up to the high watermark and every data record it fetched was
-        received (what is left between is transaction markers)."""
+        received (what is left between is transaction markers). Never on a stale high
+        watermark."""
+        if self.stale:
+            return False
         nxt = received_next if received_next is not None else self.start
         if self.highwater == 0:
             return True
@@ -78,8 +84,11 @@ class Position:
         """Records of the partition are still to come: Kafka holds some not fetched yet (the
         fetch position, else the next offset to receive, else ``start``, is below the high
         watermark, or none of them is known and the partition is not empty), or a fetched
-        data record has not reached the agent yet. A wait on such a partition has data to
-        wait for, and never times out."""
+        data record has not reached the agent yet, or the high watermark is stale (what was
+        written since is not known). A wait on such a partition has data to wait for, and
+        never times out."""
+        if self.stale:
+            return True
         if self.handed is not None and (received_next is None or received_next < self.handed):
             return True
         if self.highwater is None:

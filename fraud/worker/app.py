@@ -122,6 +122,16 @@ class FaustConsumerView:
         offset: int | None = read(TP(*tp), int(self._app.consumer_generation_id or 0))
         return offset
 
+    def polled_at(self, tp: TopicPartition) -> float | None:
+        """aiokafka's time of the last fetch response for ``tp`` (it has no public accessor
+        on Faust's consumer)."""
+        consumer: Any = self._app.consumer
+        try:
+            polled = consumer._thread._ensure_consumer().last_poll_timestamp(TP(*tp))
+        except Exception:  # not assigned (any more), or the consumer not started
+            return None
+        return None if polled is None else float(polled) / 1000
+
     def member(self) -> GroupMember:
         """This worker's consumer group membership (aiokafka's coordinator holds it)."""
         consumer: Any = self._app.consumer

@@ -7,7 +7,8 @@ tests), with partitions as ``(topic, partition)`` tuples.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+import time
+from collections.abc import Callable, Iterable, Mapping, Set
 from typing import Protocol
 
 from fraud.settings import Settings
@@ -43,14 +44,25 @@ class ConsumerView(Protocol):
         in the current generation, if any."""
         ...
 
+    def polled_at(self, tp: TopicPartition) -> float | None:
+        """When (wall-clock seconds) a fetch response last told the partition's high
+        watermark, if one did."""
+        ...
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None: ...
 
     def resume_partitions(self, tps: Iterable[TopicPartition]) -> None: ...
 
 
+# A high watermark older than this is stale (the consumer fetches every partition it is not
+# paused on at least every 20 ms, ``fraud.worker.transport``).
+STALE_AFTER_S = 2.0
+
+
 class Positions:
-    def __init__(self, consumer: ConsumerView) -> None:
+    def __init__(self, consumer: ConsumerView, wall: Callable[[], float] = time.time) -> None:
         self.consumer = consumer
+        self.wall = wall  # seconds, the clock of ``polled_at``
         # High watermarks read at start, for partitions not fetched from yet: an empty
         # partition is then known to be caught up from the first transaction (else the first
         # batches waited for labels and for the alignment, and took the repartition hop).
@@ -64,11 +76,13 @@ class Positions:
         start = self.consumer.committed(tp)
         fetched = self.consumer.fetched(tp)
         handed = self.consumer.handed(tp)
+        polled = self.consumer.polled_at(tp)
         return Position(
             None if high is None else int(high),
             None if start is None else int(start),
             None if fetched is None else int(fetched),
             None if handed is None else int(handed),
+            stale=polled is not None and self.wall() - polled > STALE_AFTER_S,
         )
 
     def assigned(self, topic: str) -> dict[int, Position]:

@@ -104,6 +104,9 @@ class FakeConsumer:
     def handed(self, tp: TopicPartition) -> int | None:
         return self.handed_next.get(tp)
 
+    def polled_at(self, tp: TopicPartition) -> float | None:
+        return None
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
         self.paused.update(tps)
 

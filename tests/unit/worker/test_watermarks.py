@@ -110,3 +110,31 @@ def test_a_marker_at_the_end_is_caught_up_once_every_fetched_record_was_received
     assert marks.check(0, 500) is Readiness.WAIT
     marks.advance(0, 120, 8)  # received: offset 9 is the marker
     assert marks.check(0, 500) is Readiness.READY
+
+
+def test_a_stale_high_watermark_is_waited_on_without_a_timeout() -> None:
+    """No fetch answered for the partition lately (its leader is down): what was written
+    since is not known, so caught up at the last known high watermark means nothing."""
+    clock = FakeClock(0)
+    positions = {0: Position(10, 10, fetched=10, stale=True)}
+    marks = LabelWatermarks(lambda p: positions[p], 0.25, lambda: clock.now_ms / 1000)
+    assert marks.check(0, 1000) is Readiness.WAIT
+    clock.advance(3_600_000)
+    assert marks.check(0, 1000) is Readiness.WAIT  # never EARLY
+    positions[0] = Position(10, 10, fetched=10)  # answered again, nothing new
+    assert marks.check(0, 1000) is Readiness.READY
+
+
+def test_positions_mark_a_high_watermark_not_fetched_for_a_while_stale() -> None:
+    from fraud.worker.partitions import STALE_AFTER_S, Positions
+    from tests.unit.worker.test_loop import FakeConsumer
+
+    consumer = FakeConsumer()
+    polled: dict[tuple[str, int], float] = {("labels", 0): 100.0}
+    consumer.polled_at = polled.get  # type: ignore[method-assign]
+    now = [100.0]
+    positions = Positions(consumer, lambda: now[0])
+    assert not positions.of("labels", 0).stale
+    now[0] += STALE_AFTER_S + 0.1
+    assert positions.of("labels", 0).stale
+    assert not positions.of("labels", 1).stale  # never fetched: its listed high watermark

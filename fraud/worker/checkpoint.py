@@ -135,6 +135,7 @@ class Delivery:
         on_delivered: Callable[[Offsets], None],
         consumed: Consumed | None = None,
         before_changelogs: Callable[[], None] = lambda: None,
+        stuck_after_s: float | None = None,
     ) -> None:
         """``before_changelogs`` puts what else belongs to the state of the delivery's
         records in the tables (the worker's hop progress) just before they are sent."""
@@ -145,6 +146,11 @@ class Delivery:
         self.on_delivered = on_delivered
         self.consumed = consumed or Consumed()
         self.before_changelogs = before_changelogs
+        # A delivery still running after this long fails the worker (it exits, and its
+        # restart fences the transaction): seen after a whole-cluster restart, librdkafka's
+        # send_offsets_to_transaction blocked for minutes past its own timeout, and the
+        # worker decided nothing while it stayed in its group.
+        self.stuck_after_s = stuck_after_s
         self.failed: BaseException | None = None
         self.closed = False
         self._lock = asyncio.Lock()
@@ -172,7 +178,12 @@ class Delivery:
                 self.in_background(functools.partial(self.emitter.deliver, consumed))
             )
             try:
-                offsets = await asyncio.shield(running)
+                offsets = await asyncio.wait_for(asyncio.shield(running), self.stuck_after_s)
+            except TimeoutError as exc:
+                self.failed = DeliveryFailed(
+                    f"a delivery ran for more than {self.stuck_after_s:.0f} s: the worker stops"
+                )
+                raise self.failed from exc
             except asyncio.CancelledError:
                 # The agent is cancelled (the worker stops) while the commit goes on in its
                 # thread: let it end, and count it, before the stop delivers the rest.

@@ -83,6 +83,8 @@ log = logging.getLogger("fraud.worker")
 # Marks go to every hop partition at least this often, so that a receiver hears from an idle
 # sender (and a restarted receiver from every sender); a receiver takes a caught-up mark for
 # MARK_FREE_FOR_S after it reads it (fraud.worker.source_marks).
+# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint).
+DELIVERY_STUCK_FACTOR = 4
 MARK_HEARTBEAT_S = 0.5
 MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
 
@@ -198,6 +200,7 @@ class WorkerLoop:
         self.delivery = Delivery(
             emitter, changelogs, metrics, in_background, self.hop.on_delivered, self.consumed,
             before_changelogs=self.store_hop_progress,
+            stuck_after_s=DELIVERY_STUCK_FACTOR * settings.transaction_timeout_ms / 1000,
         )  # fmt: skip
         self.checkpoints = Checkpoints(self.delivery, clock, settings.checkpoint_s)
         self.outputs = Outputs(emitter, metrics, names)

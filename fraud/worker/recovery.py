@@ -8,7 +8,9 @@ in every partition. Faust's own check for this runs only with its own exactly-on
 which the worker does not use (``fraud.worker.emitter``).
 
 Here the last offset Faust waits for is that of the last record a reader receives, read from
-the end of each changelog partition before recovery starts. A local partition that claims more
+the end of each changelog partition before recovery starts, once every transaction open on it
+has ended (``committed_ends``: Faust's own end offset is the last stable offset, which stops at
+the first record of a transaction still open). A local partition that claims more
 of its changelog than the changelog holds (``ConsistencyError`` in Faust: the topic was
 recreated, or a broker lost acknowledged records) is rebuilt from the changelog instead.
 """

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError
 from prometheus_client import CollectorRegistry
 
 from fraud.metrics import WorkerMetrics
-from fraud.worker.checkpoint import Checkpoints, Consumed, Delivery, Offsets
+from fraud.worker.checkpoint import Checkpoints, Consumed, Delivery, DeliveryFailed, Offsets
 from fraud.worker.emitter import EmitError, GroupMember, TransactionalEmitter
 from tests.unit.worker.test_loop import Background, FakeEmitter, settle
 
@@ -206,3 +206,25 @@ def test_the_stop_closes_the_emitter_after_an_agent_delivery_and_none_starts_aft
 class FakeEventForStop:
     def ack(self) -> bool:
         raise AssertionError("an event decided after the stop is consumed again, not acked")
+
+
+def test_a_delivery_stuck_past_its_limit_fails_the_worker() -> None:
+    """A commit that never returns (its gate never opens) must not keep the worker in its
+    group deciding nothing: the delivery fails, and so does every later one."""
+
+    async def main() -> None:
+        emitter = FakeEmitter([])
+        background = Background()
+        background.gate.clear()  # the commit in its thread never returns
+        delivery = Delivery(
+            emitter, [], WorkerMetrics(CollectorRegistry()), background, lambda offsets: None,
+            stuck_after_s=0.05,
+        )  # fmt: skip
+        with pytest.raises(DeliveryFailed, match="more than 0 s"):
+            await delivery.deliver()
+        with pytest.raises(DeliveryFailed):
+            await delivery.deliver()
+        background.gate.set()  # let the thread's call end before the loop closes
+        await settle()
+
+    asyncio.run(main())

@@ -608,8 +608,11 @@ class WorkerLoop:
         """Deliver everything queued and acknowledge what it covers, so that the consumer's
         last commit (after this) includes the batches decided since the last checkpoint."""
         async with self._lock:
+            # Held to the end: a release after the last marks (the timer's heartbeat) would
+            # put END_TIME after them in the last transaction, and a receiver reading it again
+            # would take this worker's partitions for caught up while they pile up.
             self._send_last_marks()
-        await self.checkpoints.close()
+            await self.checkpoints.close()
 
 
 def _brief(pos: Position) -> str:

@@ -934,3 +934,31 @@ def test_a_sender_that_loses_its_partitions_says_they_are_not_caught_up(
         assert sends[-1] < flushes[-1]  # in the last delivery
 
     run(main)
+
+
+def test_no_caught_up_mark_follows_a_stopping_workers_last_marks(policy: Policy) -> None:
+    """The timer ticking while the stop delivers must not add a heartbeat (END_TIME) after
+    the last marks to the last transaction: a receiver reading it again would go on as if the
+    stopped worker's partitions were caught up."""
+
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        await h.transactions([tx(1, customer_on(0)), tx(2, customer_on(1))])
+        h.emitter.sent.clear()
+        h.background.gate.clear()
+        stopping = asyncio.ensure_future(h.loop.close())
+        await settle()
+        h.mono.advance(5_000)  # every heartbeat is due
+        ticking = asyncio.ensure_future(h.loop.tick())
+        await settle()
+        h.background.gate.set()
+        await stopping
+        await ticking
+        flushed = max(i for i, entry in enumerate(h.journal) if entry == ("flush", ""))
+        before = [s for s in h.emitter.on(REPARTITION)][
+            : sum(1 for entry in h.journal[:flushed] if entry == ("send", REPARTITION))
+        ]
+        marks = [m.event_time_ms for s in before for m in EnrichedBatch.FromString(s.value).marks]
+        assert marks and END_TIME not in marks
+
+    run(main)

@@ -104,20 +104,10 @@ class Enriched:
         )
 
     def slice(self, start: int, end: int) -> Enriched:
-        """Rows ``start`` to ``end`` (excluded)."""
+        """Rows ``start`` to ``end`` (excluded); itself when that is every row."""
         if start == 0 and end == len(self.txs):
             return self
-        early = self.incomplete_alignment
-        return Enriched(
-            self.txs[start:end],
-            self.features[start:end],
-            self.ingested_at_ms[start:end],
-            self.source_topics[start:end],
-            self.source_partitions[start:end],
-            self.source_offsets[start:end],
-            self.source_indexes[start:end],
-            early[start:end] if early else [],
-        )
+        return self.take(range(start, end))
 
     @staticmethod
     def concat(parts: Sequence[Enriched]) -> Enriched:

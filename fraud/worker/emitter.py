@@ -304,27 +304,29 @@ class TransactionalEmitter(KafkaEmitter):
         every read-committed reader of its partitions (decisions, the repartition topic, the
         changelogs) until the broker aborts it, ``transaction.timeout.ms`` later."""
         self._closed = True
-        self._holding = False
-        self._held.clear()
-        self._sent.clear()
-        if self._open:
-            self._open = False
-            try:
-                self._producer.abort_transaction(10.0)
-            except KafkaException as exc:
-                # e.g. INVALID_TXN_STATE while the partitions of its first records are still
-                # being added: nothing of it is committed, and the next start fences it.
-                log.warning("the transaction after the last delivery was left open: %s", exc)
+        failed = self._drop_open()
+        if failed is not None:
+            # e.g. INVALID_TXN_STATE while the partitions of its first records are still
+            # being added: nothing of it is committed, and the next start fences it.
+            log.warning("the transaction after the last delivery was left open: %s", failed)
 
     def abandon(self) -> None:
         """Abort the open transaction (the worker stops after a failed commit): nothing sent
         since the last commit counts."""
+        failed = self._drop_open()
+        if failed is not None:
+            log.error("aborting the transaction failed: %s", failed)
+
+    def _drop_open(self) -> KafkaException | None:
+        """Forget what is held and sent, and abort the open transaction; the abort's failure."""
         self._holding = False
         self._held.clear()
         self._sent.clear()
-        if self._open:
-            self._open = False
-            try:
-                self._producer.abort_transaction(10.0)
-            except KafkaException as exc:
-                log.error("aborting the transaction failed: %s", exc)
+        if not self._open:
+            return None
+        self._open = False
+        try:
+            self._producer.abort_transaction(10.0)
+        except KafkaException as exc:
+            return exc
+        return None

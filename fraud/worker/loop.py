@@ -83,10 +83,10 @@ log = logging.getLogger("fraud.worker")
 # Marks go to every hop partition at least this often, so that a receiver hears from an idle
 # sender (and a restarted receiver from every sender); a receiver takes a caught-up mark for
 # MARK_FREE_FOR_S after it reads it (fraud.worker.source_marks).
-# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint).
-DELIVERY_STUCK_FACTOR = 4
 MARK_HEARTBEAT_S = 0.5
 MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
+# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint).
+DELIVERY_STUCK_FACTOR = 4
 
 
 class HeldMessage(Protocol):
@@ -215,7 +215,6 @@ class WorkerLoop:
         # customer partitions have sent, and what each hop partition heard from every one.
         self.mark_sender = MarkSender(clock, MARK_HEARTBEAT_S, settings.checkpoint_s)
         self.hop_marks = HopMarks(settings.partitions, clock, MARK_FREE_FOR_S)
-        self.need_ms = terminals.config.delay_ms
         self.clock = clock
         self._reported_at = clock()
         # Released, waiting for labels before the customer stage (in line), in decision

@@ -63,7 +63,7 @@ class Positions:
     def __init__(self, consumer: ConsumerView, wall: Callable[[], float] = time.time) -> None:
         self.consumer = consumer
         self.wall = wall  # seconds, the clock of ``polled_at``
-        # High watermarks read at start, for partitions not fetched from yet: an empty
+        # High watermarks read at each assignment, for partitions not fetched from yet: an empty
         # partition is then known to be caught up from the first transaction (else the first
         # batches waited for labels and for the alignment, and took the repartition hop).
         self.start_highs: dict[TopicPartition, int] = {}

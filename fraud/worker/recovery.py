@@ -30,6 +30,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 
 from fraud.kafka_config import make_consumer, watermark_offsets
+from fraud.worker.transport import app_brokers
 
 log = logging.getLogger("fraud.worker")
 
@@ -157,9 +158,8 @@ class _CommittedRecovery(Recovery):
         await super()._build_highwaters(consumer, tps, destination, title)
         if not tps:
             return
-        brokers = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
         found = await asyncio.get_running_loop().run_in_executor(
-            None, committed_ends, brokers, [(tp.topic, tp.partition) for tp in tps]
+            None, committed_ends, app_brokers(self.app), [(tp.topic, tp.partition) for tp in tps]
         )
         for tp in tps:
             key = (tp.topic, tp.partition)

@@ -50,6 +50,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+def app_brokers(app: Any) -> str:
+    """The bootstrap servers of a Faust app, as confluent-kafka takes them."""
+    return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
+
+
 def stable_committed(
     brokers: str,
     group_id: str,
@@ -115,11 +120,10 @@ class _TransactionalConsumerThread(_ConsumerThread):
         assigned = list(consumer.assignment())
         if not assigned:
             return {}
-        brokers = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
         found = await asyncio.get_running_loop().run_in_executor(
             None,
             stable_committed,
-            brokers,
+            app_brokers(self.app),
             str(consumer._group_id),
             [(tp.topic, tp.partition) for tp in assigned],
         )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from fraud.contracts.currency import EXPONENTS, is_known
 from fraud.contracts.partitioning import (
@@ -24,13 +26,18 @@ from fraud.contracts.partitioning import (
 )
 from fraud.contracts.units import HOUR_MS
 from fraud.v1.decision_pb2 import Action, Decision
+from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
+
+M = TypeVar("M", bound=Message)
 
 MAX_UTC_OFFSET_MINUTES = 14 * 60
 # Characters (not bytes) of transaction_id, customer_id and terminal_id; longer ones are refused.
 MAX_ID_LENGTH = 256
 MAX_LATITUDE = 90.0
 MAX_LONGITUDE = 180.0
+# Unknown field numbers named in a wrong_type detail; the rest are counted.
+MAX_FIELDS_SHOWN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +67,60 @@ def check_type(contract: bytes | None, takes: tuple[bytes, ...]) -> Rejected | N
     )
 
 
-def decode_transaction(value: bytes | None) -> Transaction | Rejected:
-    """Parse a ``fraud.v1.Transaction`` from bytes, or say why it cannot be parsed."""
-    if not value:
-        return Rejected("decode_error", "empty message")
-    tx = Transaction()
+def decode_as(message_type: type[M], value: bytes | None, contract: bytes | None) -> M | Rejected:
+    """Parse ``value`` as ``message_type``, the one decode of every input record.
+
+    ``contract`` is the record's ``fraud.contract`` header (``check_type`` has passed it). With
+    the header, unknown fields are kept (forward compatibility: the producer named the type).
+    Without it, the record is taken as ``message_type`` only if it holds none: field numbers
+    overlap between the contract's types (a Decision parses as a Transaction), and a field that
+    ``message_type`` lacks, or has with another wire type, says it is another type.
+    """
+    name = message_type.DESCRIPTOR.full_name
+    message = message_type()
     try:
-        tx.ParseFromString(value)
+        message.ParseFromString(value or b"")
     except DecodeError as exc:
         hint = (
-            " (looks like JSON; the topic carries fraud.v1.Transaction protobuf)"
-            if (value[:1] in (b"{", b"["))
+            f" (looks like JSON; the topic carries {name} protobuf)"
+            if (value or b"")[:1] in (b"{", b"[")
             else ""
         )
-        return Rejected("decode_error", f"not a fraud.v1.Transaction: {exc}{hint}")
-    return tx
+        return Rejected("decode_error", f"not a {name}: {exc}{hint}")
+    if contract is None:
+        # Top-level fields only: of the default types only EnrichedTransaction nests a message,
+        # and the worker always sends it under the header.
+        unknown = UnknownFieldSet(message)
+        if len(unknown):
+            return Rejected("wrong_type", _foreign_detail(message_type, unknown))
+    return message
+
+
+def _foreign_detail(message_type: type[Message], unknown: UnknownFieldSet) -> str:
+    """One line: which fields of a headerless record ``message_type`` does not have."""
+    name = message_type.DESCRIPTOR.full_name
+    known = message_type.DESCRIPTOR.fields_by_number
+    numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
+    shown = [
+        f"{n} (of another wire type)" if n in known else str(n) for n in numbers[:MAX_FIELDS_SHOWN]
+    ]
+    more = len(numbers) - len(shown)
+    listed = ", ".join(shown) + (f" and {more} more" if more else "")
+    fields = f"fields {listed} are" if len(numbers) > 1 else f"field {listed} is"
+    return (
+        f"no {CONTRACT_HEADER} header, and {fields} not in {name} (is it another message "
+        f"type?); set the header to decode it as {name}"
+    )
+
+
+def decode_transaction(
+    value: bytes | None, contract: bytes | None = None
+) -> Transaction | Rejected:
+    """Parse a ``fraud.v1.Transaction`` from bytes, or say why it cannot be parsed; without the
+    header (``contract`` None) it must hold no field a Transaction lacks (``decode_as``)."""
+    if not value:
+        return Rejected("decode_error", "empty message")
+    return decode_as(Transaction, value, contract)
 
 
 def validate_transaction(tx: Transaction, now_ms: int, max_future_ms: int) -> Rejected | None:
@@ -114,13 +160,23 @@ def validate_transaction(tx: Transaction, now_ms: int, max_future_ms: int) -> Re
 
 
 def parse_transaction(
-    value: bytes | None, now_ms: int, max_future_ms: int
+    value: bytes | None, now_ms: int, max_future_ms: int, contract: bytes | None = None
 ) -> Transaction | Rejected:
-    """Decode then validate."""
-    tx = decode_transaction(value)
+    """Decode then validate (``contract``: the record's ``fraud.contract`` header)."""
+    tx = decode_transaction(value, contract)
     if isinstance(tx, Rejected):
         return tx
     return validate_transaction(tx, now_ms, max_future_ms) or tx
+
+
+def parse_label(value: bytes | None, contract: bytes | None = None) -> Label | Rejected:
+    """Decode then validate a ``fraud.v1.Label`` (``contract``: the record's header)."""
+    label = decode_as(Label, value, contract)
+    if isinstance(label, Rejected):
+        return label
+    if not label.transaction_id or not label.terminal_id or label.event_time_ms <= 0:
+        return Rejected("invalid_label", "label needs transaction_id, terminal_id, event_time_ms")
+    return label
 
 
 def action_name(action: int) -> str:

@@ -1,10 +1,11 @@
 """The columnar batch the stages pass along, and the parsing of records into it.
 
 ``parse_transactions`` turns the customer stage's records (one ``Transaction``, or a
-``TransactionBatch`` under the ``fraud.contract`` header; any other type named there is
-dead-lettered as ``wrong_type``) into valid transactions and dead letters; the customer stage
-turns those into ``Enriched`` columns. ``decode_enriched`` turns the terminal stage's records
-(the by-terminal repartition topic) back into ``Enriched``.
+``TransactionBatch`` under the ``fraud.contract`` header; any other type named there, or a
+headerless record with fields a Transaction lacks, is dead-lettered as ``wrong_type``) into
+valid transactions and dead letters; the customer stage turns those into ``Enriched`` columns.
+``decode_enriched`` turns the terminal stage's records (the by-terminal repartition topic) back
+into ``Enriched``. Every record is parsed by ``fraud.contracts.wire.decode_as``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from fraud.contracts.dead_letter import dead_letter
 from fraud.contracts.partitioning import ENRICHED_BATCH, TRANSACTION_BATCH, partition_for
@@ -24,6 +24,7 @@ from fraud.contracts.wire import (
     TRANSACTIONS_TAKE,
     Rejected,
     check_type,
+    decode_as,
     parse_transaction,
     validate_transaction,
 )
@@ -191,7 +192,7 @@ def parse_transactions(
         if rec.contract == TRANSACTION_BATCH:
             _parse_batch(rec, now_ms, max_future_ms, dead, partitions, out)
             continue
-        parsed = parse_transaction(rec.value, now_ms, max_future_ms)
+        parsed = parse_transaction(rec.value, now_ms, max_future_ms, rec.contract)
         if not isinstance(parsed, Rejected) and rec.key != parsed.customer_id.encode():
             parsed = Rejected(
                 "wrong_key",
@@ -215,11 +216,9 @@ def _parse_batch(
     partitions: int | None,
     out: Parsed,
 ) -> None:
-    batch = TransactionBatch()
-    try:
-        batch.ParseFromString(rec.value or b"")
-    except DecodeError as exc:
-        dead.append(reject(rec, Rejected("decode_error", f"not a TransactionBatch: {exc}"), now_ms))
+    batch = decode_as(TransactionBatch, rec.value, rec.contract)
+    if isinstance(batch, Rejected):
+        dead.append(reject(rec, batch, now_ms))
         return
     for index, tx in enumerate(batch.transactions):
         rejected = validate_transaction(tx, now_ms, max_future_ms)
@@ -262,19 +261,20 @@ def decode_enriched(
         if wrong is not None:
             dead.append(reject(rec, wrong, now_ms))
             continue
-        try:
-            if rec.contract == ENRICHED_BATCH:
-                batch = EnrichedBatch.FromString(rec.value or b"")
-                received = list(batch.items)
-                if marks is not None:
-                    marks.append(batch.marks)
-            else:
-                received = [EnrichedTransaction.FromString(rec.value or b"")]
-        except DecodeError as exc:
-            dead.append(
-                reject(rec, Rejected("decode_error", f"bad EnrichedTransaction: {exc}"), now_ms)
-            )
+        decoded = (
+            decode_as(EnrichedBatch, rec.value, rec.contract)
+            if rec.contract == ENRICHED_BATCH
+            else decode_as(EnrichedTransaction, rec.value, rec.contract)
+        )
+        if isinstance(decoded, Rejected):
+            dead.append(reject(rec, decoded, now_ms))
             continue
+        if isinstance(decoded, EnrichedBatch):
+            received = list(decoded.items)
+            if marks is not None:
+                marks.append(decoded.marks)
+        else:
+            received = [decoded]
         for item in received:
             if len(item.customer_features) != N_CUSTOMER:
                 dead.append(

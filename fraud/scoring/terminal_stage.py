@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from fraud.contracts.decision_bytes import FeatureMapEncoder, ModelReasonEncoder, top_reason_indexes
 from fraud.contracts.records import RawRecord, alert_for
 from fraud.contracts.units import ALL_FEATURES, NO_TIME
-from fraud.contracts.wire import LABELS_TAKE, Rejected, check_type
+from fraud.contracts.wire import LABELS_TAKE, Rejected, check_type, parse_label
 from fraud.kernels.actions import ALLOW, BLOCK, REVIEW
 from fraud.model.scoring import score
 from fraud.model.table import ModelTable
@@ -90,25 +89,9 @@ class TerminalStage:
             if wrong is not None:
                 result.dead_letters.append(reject(rec, wrong, now_ms))
                 continue
-            label = Label()
-            try:
-                label.ParseFromString(rec.value or b"")
-            except DecodeError as exc:
-                result.dead_letters.append(
-                    reject(rec, Rejected("decode_error", f"not a fraud.v1.Label: {exc}"), now_ms)
-                )
-                continue
-            if not label.transaction_id or not label.terminal_id or label.event_time_ms <= 0:
-                result.dead_letters.append(
-                    reject(
-                        rec,
-                        Rejected(
-                            "invalid_label",
-                            "label needs transaction_id, terminal_id, event_time_ms",
-                        ),
-                        now_ms,
-                    )
-                )
+            label = parse_label(rec.value, rec.contract)
+            if isinstance(label, Rejected):
+                result.dead_letters.append(reject(rec, label, now_ms))
                 continue
             labels.append(label)
             parts.append(rec.partition)

@@ -6,23 +6,31 @@ import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fraud.contracts.partitioning import LABEL, TRANSACTION
 from fraud.contracts.units import DAY_MS, HOUR_MS
 from fraud.contracts.wire import (
     MAX_ID_LENGTH,
     Rejected,
     decision_summary,
+    decode_as,
     decode_transaction,
+    parse_label,
     parse_transaction,
     to_json,
     validate_transaction,
 )
 from fraud.protogen import generate
+from fraud.v1.alert_pb2 import Alert
 from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Action, Decision
-from fraud.v1.transaction_pb2 import Transaction
+from fraud.v1.label_pb2 import Label
+from fraud.v1.transaction_pb2 import Transaction, TransactionBatch
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW_MS = int(datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp() * 1000)
@@ -110,6 +118,138 @@ def test_json_payload_is_a_decode_error_with_a_json_hint(value: bytes) -> None:
     assert result.reason == "decode_error"
     assert "looks like JSON" in result.detail
     assert "protobuf" in result.detail
+
+
+# --- records without the fraud.contract header ------------------------------------------------
+
+# Field 11 as a varint: a field fraud.v1.Transaction does not have (a newer producer's, say).
+FIELD_11 = b"\x58\x01"
+
+
+def a_decision(**changes: object) -> Decision:
+    """A Decision as the worker sends it, but without a score: fields 1-7 line up with a
+    Transaction's, so only its features (9, a map where Transaction has a double) and the fields
+    after 10 tell the two apart."""
+    fields: dict[str, Any] = dict(
+        transaction_id="tx-1", customer_id="cust-1", terminal_id="term-1", amount_minor=1234,
+        currency="EUR", event_time_ms=NOW_MS - HOUR_MS, action=Action.ALLOW,
+        features={"count": 1.0}, rules_fired=["r1"], rules_version="v1", decided_at_ms=NOW_MS,
+    )  # fmt: skip
+    return Decision(**(fields | changes))
+
+
+def test_a_headerless_decision_is_refused_as_another_type() -> None:
+    value = a_decision().SerializeToString()
+    assert Transaction.FromString(value).currency == "EUR"  # protobuf alone takes it
+    result = parse_transaction(value, NOW_MS, MAX_FUTURE_MS)
+    assert isinstance(result, Rejected)
+    assert result.reason == "wrong_type"
+    assert result.detail == (
+        "no fraud.contract header, and fields 9 (of another wire type), 11, 15 are not in "
+        "fraud.v1.Transaction (is it another message type?); set the header to decode it as "
+        "fraud.v1.Transaction"
+    )
+    # With the header naming it a Transaction, the unknown fields are the producer's business.
+    assert isinstance(decode_transaction(value, TRANSACTION), Transaction)
+
+
+def test_a_decision_with_one_foreign_field_says_field_is() -> None:
+    value = a_decision(rules_version="", decided_at_ms=0, rules_fired=[]).SerializeToString()
+    result = decode_transaction(value)
+    assert isinstance(result, Rejected)
+    assert "and field 9 (of another wire type) is not in fraud.v1.Transaction" in result.detail
+
+
+def test_a_headerless_alert_is_refused() -> None:
+    alert = Alert(alert_id="tx-1/review", type="fraud.review", decision=a_decision())
+    alert.created_at_ms = NOW_MS
+    result = parse_transaction(alert.SerializeToString(), NOW_MS, MAX_FUTURE_MS)
+    assert isinstance(result, Rejected)
+    # An Alert's four fields all line up with a Transaction's (1-3 strings or bytes, 4 a
+    # varint); it never has a currency (5), and its decision, read as terminal_id, may not be
+    # UTF-8.
+    assert result.reason in ("unknown_currency", "decode_error")
+
+
+def test_a_headerless_label_on_transactions_is_refused() -> None:
+    label = Label(
+        transaction_id="tx-1", customer_id="cust-1", terminal_id="term-1", fraud=True,
+        transaction_time_ms=NOW_MS - HOUR_MS, event_time_ms=NOW_MS,
+    )  # fmt: skip
+    result = parse_transaction(label.SerializeToString(), NOW_MS, MAX_FUTURE_MS)
+    assert isinstance(result, Rejected)
+    assert result.reason == "wrong_type"
+    assert "field 5 (of another wire type) is not in fraud.v1.Transaction" in result.detail
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.lists(st.text(max_size=12), min_size=5, max_size=5),
+    times=st.lists(st.integers(0, 2**62), min_size=3, max_size=3),
+    fraud=st.booleans(),
+    decision=st.booleans(),
+)
+def test_no_headerless_alert_or_label_is_a_valid_transaction(
+    ids: list[str], times: list[int], fraud: bool, decision: bool
+) -> None:
+    # Neither type has a field 5 of a Transaction's wire type, so the currency is always
+    # missing: if a new field made one a valid Transaction, this says so.
+    alert = Alert(alert_id=ids[0], type=ids[1], created_at_ms=times[0])
+    if decision:
+        alert.decision.CopyFrom(a_decision(transaction_id=ids[2], customer_id=ids[3]))
+    label = Label(
+        transaction_id=ids[0], customer_id=ids[1], terminal_id=ids[2], fraud=fraud,
+        transaction_time_ms=times[1], event_time_ms=times[2],
+    )  # fmt: skip
+    for message in (alert, label):
+        result = parse_transaction(message.SerializeToString(), NOW_MS, MAX_FUTURE_MS)
+        assert isinstance(result, Rejected), message
+
+
+def test_a_headered_transaction_with_an_unknown_field_is_accepted() -> None:
+    value = valid_tx().SerializeToString() + FIELD_11
+    accepted = parse_transaction(value, NOW_MS, MAX_FUTURE_MS, TRANSACTION)
+    assert isinstance(accepted, Transaction)
+    assert accepted.ListFields() == valid_tx().ListFields()  # and field 11 kept as unknown
+    refused = parse_transaction(value, NOW_MS, MAX_FUTURE_MS)
+    assert isinstance(refused, Rejected) and refused.reason == "wrong_type"
+    assert "field 11 is not in" in refused.detail
+
+
+def test_a_headerless_plain_transaction_is_accepted() -> None:
+    tx = valid_tx()
+    assert parse_transaction(tx.SerializeToString(), NOW_MS, MAX_FUTURE_MS) == tx
+    # Non-canonical but valid encodings are no unknown fields: a default written out, a field
+    # written twice (the last one wins).
+    value = b"\x20\x00" + valid_tx(amount_minor=5).SerializeToString() + b"\x20\x07"
+    assert parse_transaction(value, NOW_MS, MAX_FUTURE_MS) == valid_tx(amount_minor=7)
+
+
+def test_a_headerless_label_with_a_foreign_field_is_refused_on_labels() -> None:
+    label = Label(transaction_id="tx-1", terminal_id="term-1", fraud=True, event_time_ms=NOW_MS)
+    value = label.SerializeToString()
+    assert parse_label(value) == label
+    tx = valid_tx().SerializeToString()
+    refused = parse_label(tx)
+    assert isinstance(refused, Rejected) and refused.reason == "wrong_type"
+    assert "fields 5 (of another wire type), 7, 8, 9, 10 are not in fraud.v1.Label" in (
+        refused.detail
+    )
+    accepted = parse_label(value + FIELD_11, LABEL)
+    assert isinstance(accepted, Label) and accepted.ListFields() == label.ListFields()
+    assert parse_label(b"", LABEL) == Rejected(
+        "invalid_label", "label needs transaction_id, terminal_id, event_time_ms"
+    )
+
+
+def test_a_long_list_of_foreign_fields_is_cut() -> None:
+    value = b"".join(bytes([(n << 3) | 0, 1]) for n in range(1, 16))
+    result = decode_as(TransactionBatch, value, None)
+    assert isinstance(result, Rejected)
+    assert (
+        "fields 1 (of another wire type), 2, 3, 4, 5, 6, 7, 8 and 7 more are not in "
+        "fraud.v1.TransactionBatch"
+    ) in result.detail
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The ``fraud.contract`` header names each record's protobuf type: a record of a type its topic
 does not take becomes a ``wrong_type`` dead letter, whatever its bytes would decode as; a record
-without the header is taken as the topic's default type."""
+without the header is taken as the topic's default type when it holds no field that type lacks."""
 
 from __future__ import annotations
 
@@ -121,6 +121,30 @@ def test_a_decision_on_the_transactions_topic_is_a_wrong_type_dead_letter() -> N
     assert "fraud.v1.Decision" in letter.detail
 
 
+def test_a_headerless_decision_with_foreign_fields_is_a_wrong_type_dead_letter() -> None:
+    # What the worker sends, without a score: its bytes are a valid Transaction but for the
+    # features (field 9, where a Transaction has a double) and the fields after 10.
+    decision = a_decision("d2")
+    decision.ClearField("score")
+    decision.features["count"] = 1.0
+    decision.decided_at_ms = T
+    value = decision.SerializeToString()
+    stage = CustomerStage(InMemoryStore(), FakeClock(T + HOUR_MS))
+    extra = tx_of("alice", "a1", 100, T).SerializeToString() + b"\x58\x01"  # field 11
+    records = [
+        RawRecord(b"alice", value, "transactions", 0, 1, 0),
+        RawRecord(b"alice", extra, "transactions", 0, 2, 0, TRANSACTION),  # named: kept
+        RawRecord(b"alice", extra, "transactions", 0, 3, 0),
+    ]
+    result = stage.process(records)
+    assert [e.transaction.transaction_id for e in result.enriched] == ["a1"]
+    assert [(dl.reason, dl.source_offset) for dl in result.dead_letters] == [
+        ("wrong_type", 1),
+        ("wrong_type", 3),
+    ]
+    assert "fields 9 (of another wire type), 15 are not in" in result.dead_letters[0].detail
+
+
 def test_the_label_stage_takes_labels_only(policy: Policy) -> None:
     stage = TerminalStage(InMemoryStore(), FakeClock(T), policy)
     label = Label(transaction_id="a1", terminal_id="T1", fraud=True, event_time_ms=T)
@@ -129,11 +153,17 @@ def test_the_label_stage_takes_labels_only(policy: Policy) -> None:
         RawRecord(b"T1", value, "labels", 0, 0, 0, LABEL),
         RawRecord(b"T1", value, "labels", 0, 1, 0),
         RawRecord(b"T1", value, "labels", 0, 2, 0, TRANSACTION),
+        # no header, but a Transaction's fields 7 and 10 (a Label has six)
+        RawRecord(b"T1", value + b"\x38\x02\x52\x01d", "labels", 0, 3, 0),
     ]
     result = stage.apply_labels(records)
     assert result.labels_applied == 2
-    assert [(dl.reason, dl.source_offset) for dl in result.dead_letters] == [("wrong_type", 2)]
-    assert result.label_times == [T, T, NO_TIME]  # the refused one moves no watermark
+    assert [(dl.reason, dl.source_offset) for dl in result.dead_letters] == [
+        ("wrong_type", 2),
+        ("wrong_type", 3),
+    ]
+    assert "fields 7, 10 are not in fraud.v1.Label" in result.dead_letters[1].detail
+    assert result.label_times == [T, T, NO_TIME, NO_TIME]  # the refused move no watermark
 
 
 def test_the_terminal_stage_takes_enriched_records_only(policy: Policy) -> None:

@@ -1,11 +1,12 @@
 """Malformed input for the fault suite: messages the worker must dead-letter, never decide.
 
 Pure and seeded. Kinds: random bytes, truncated Transactions, other messages of the contract
-on the transactions topic (a Decision, an Alert, a Label: type confusion), invalid field values
-drawn with hypothesis, null values with or without a key, huge strings, an unknown contract
-header and a batch header on garbage. Every message that does not rely on a type check is
-checked here against the worker's own rules (``decode_transaction``, ``validate_transaction``)
-and drawn again if it happens to be valid. Ids of the type-confused messages start with
+on the transactions topic without the ``fraud.contract`` header (a Decision, an Alert, a Label:
+type confusion), invalid field values drawn with hypothesis, null values with or without a key,
+huge strings, an unknown contract header and a batch header on garbage. ``rejected`` is the
+worker's own check of a transactions record (``parse_transactions``: type header, decode,
+validation, key), so a drawn message it would take is drawn again, and the unit tests hold
+every message of the other kinds to it. Ids of the type-confused messages start with
 ``malformed-`` and name no customer or terminal of a simulated file, so if the worker decides
 one it shows up as an unexpected decision without touching the file's windows.
 """
@@ -16,9 +17,11 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from fraud.contracts.partitioning import CONTRACT_HEADER, TRANSACTION_BATCH
-from fraud.contracts.wire import Rejected, decode_transaction, validate_transaction
+from fraud.contracts.partitioning import CONTRACT_HEADER, TRANSACTION_BATCH, contract_of
+from fraud.contracts.records import RawRecord
+from fraud.scoring.batch import parse_transactions
 from fraud.v1.alert_pb2 import Alert
+from fraud.v1.dead_letter_pb2 import DeadLetter
 from fraud.v1.decision_pb2 import Action, Decision
 from fraud.v1.label_pb2 import Label
 from fraud.v1.transaction_pb2 import Transaction
@@ -52,12 +55,16 @@ class Malformed:
     headers: Headers | None = None
 
 
-def rejected(value: bytes | None) -> bool:
-    """True when the worker's decode and validation refuse ``value`` as a plain Transaction."""
-    decoded = decode_transaction(value)
-    if isinstance(decoded, Rejected):
-        return True
-    return validate_transaction(decoded, NOW_MS, MAX_FUTURE_MS) is not None
+def rejected(key: bytes | None, value: bytes | None, headers: Headers | None = None) -> bool:
+    """True when the worker's customer stage dead-letters the transactions record ``key``,
+    ``value``, ``headers`` and takes nothing of it: the check it makes of every record
+    (``fraud.scoring.batch.parse_transactions``), but for a batch's partition check."""
+    # As the worker reads them: Kafka carries a str header value as its UTF-8 bytes.
+    pairs = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers or ()]
+    record = RawRecord(key, value, "transactions", 0, 0, 0, contract_of(pairs))
+    dead: list[DeadLetter] = []
+    parsed = parse_transactions([record], NOW_MS, MAX_FUTURE_MS, dead)
+    return not parsed.txs and bool(dead)
 
 
 def base_transaction(n: int) -> Transaction:
@@ -111,7 +118,8 @@ def invalid_fields(seed: int, count: int) -> list[Transaction]:
             data = tx.SerializeToString()
         except (ValueError, TypeError):  # e.g. a lone surrogate protobuf will not encode
             return
-        if rejected(data):
+        # Keyed by its own customer_id (as _invalid_field sends it): refused for the field.
+        if rejected(tx.customer_id.encode(), data):
             out.append(tx)
 
     draw()
@@ -144,14 +152,14 @@ class MalformedSource:
     def _random_bytes(self, n: int) -> Malformed:
         while True:
             data = self._rng.randbytes(self._rng.randint(1, 200))
-            if rejected(data):
+            if rejected(self._key(n), data):
                 return Malformed("random-bytes", self._key(n), data)
 
     def _truncated(self, n: int) -> Malformed:
         full = base_transaction(n).SerializeToString()
         while True:
             data = full[: self._rng.randint(1, len(full) - 1)]
-            if rejected(data):
+            if rejected(self._key(n), data):
                 return Malformed("truncated", self._key(n), data)
 
     def _decision(self, n: int) -> Malformed:
@@ -160,10 +168,12 @@ class MalformedSource:
             transaction_id=tx.transaction_id, customer_id=tx.customer_id,
             terminal_id=tx.terminal_id, amount_minor=tx.amount_minor, currency=tx.currency,
             event_time_ms=tx.event_time_ms, action=Action.ALLOW, features={"x": 1.0},
-            rules_fired=["r1"],
+            rules_fired=["r1"], rules_version="malformed", decided_at_ms=tx.event_time_ms,
         )  # fmt: skip
-        # With a score, field 8 reads as a latitude without a longitude (refused by luck);
-        # without one, the Decision's bytes are a valid Transaction: only a type check refuses.
+        # With a score, field 8 reads as a latitude without a longitude (invalid_location).
+        # Without one, fields 1-7 and 10 read as a valid Transaction: what refuses it is that a
+        # record without the header must hold no unknown field, and the features (9, a map
+        # where a Transaction has a double), rules_version (11) and decided_at_ms (15) are.
         if n % 2:
             decision.score = 0.25
         return Malformed("decision", self._key(n), decision.SerializeToString())
@@ -182,9 +192,8 @@ class MalformedSource:
         return Malformed("label", self._key(n), label.SerializeToString())
 
     def _invalid_field(self, n: int) -> Malformed:
-        tx = Transaction()
-        tx.CopyFrom(self._invalid[n % len(self._invalid)])
-        return Malformed("invalid-field", self._key(n), tx.SerializeToString())
+        tx = self._invalid[n % len(self._invalid)]
+        return Malformed("invalid-field", tx.customer_id.encode(), tx.SerializeToString())
 
     def _null_value(self, n: int) -> Malformed:
         return Malformed("null-value", self._key(n) if n % 2 else None, None)
@@ -211,7 +220,6 @@ class MalformedSource:
     def _garbage_batch(self, n: int) -> Malformed:
         while True:
             data = b"\xff" + self._rng.randbytes(self._rng.randint(1, 64))
-            if rejected(data):
-                return Malformed(
-                    "garbage-batch", self._key(n), data, [(CONTRACT_HEADER, TRANSACTION_BATCH)]
-                )
+            headers: Headers = [(CONTRACT_HEADER, TRANSACTION_BATCH)]
+            if rejected(self._key(n), data, headers):
+                return Malformed("garbage-batch", self._key(n), data, headers)

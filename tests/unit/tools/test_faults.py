@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from fraud.contracts.partitioning import CONTRACT_HEADER
+from fraud.contracts.wire import Rejected, parse_transaction
 from fraud.tools.faults.malformed import (
     KINDS,
+    MAX_FUTURE_MS,
+    NOW_MS,
     MalformedSource,
     base_transaction,
     invalid_fields,
@@ -40,6 +43,8 @@ from fraud.tools.faults.plan import (
     sigkill_steps,
 )
 from fraud.tools.faults.suite import replay_rate, write_input
+from fraud.v1.decision_pb2 import Decision
+from fraud.v1.transaction_pb2 import Transaction
 
 
 def seen(tx: str, count: float = 1.0, action: int = 1, partition: int = 0, at: float = 0.0) -> Seen:
@@ -151,18 +156,48 @@ def test_active_controller_is_the_leader_of_the_highest_epoch() -> None:
     assert active_controller(["nothing here"]) is None
 
 
-def test_every_malformed_message_is_refused_or_type_confused() -> None:
-    messages = list(itertools.islice(MalformedSource(3, pool=60), 50 * len(KINDS) + 5))
+@pytest.mark.parametrize("seed", [3, 4])
+def test_every_malformed_message_is_refused_by_the_worker(seed: int) -> None:
+    messages = list(itertools.islice(MalformedSource(seed, pool=60), 50 * len(KINDS) + 5))
     assert {m.kind for m in messages} == set(KINDS)
-    typed = {"decision", "alert", "label", "unknown-contract", "garbage-batch"}
     for m in messages:
-        if m.kind not in typed:
-            assert rejected(m.value), m.kind
+        assert rejected(m.key, m.value, m.headers), m
         if m.kind == "unknown-contract":
             assert m.headers == [(CONTRACT_HEADER, b"fraud.v1.Nothing")]
+        if m.kind in ("decision", "alert", "label"):
+            assert m.headers is None  # type confusion: nothing names the type
     assert any(m.key is None for m in messages)
     assert any(m.value is None for m in messages)
     assert max(len(m.value or b"") for m in messages) > 300_000
+
+
+def test_half_the_decisions_have_no_score_and_are_refused_for_their_foreign_fields() -> None:
+    messages = itertools.islice(MalformedSource(3, pool=20), 40 * len(KINDS))
+    decisions = [m for m in messages if m.kind == "decision"]
+    scoreless = [m for m in decisions if not Decision.FromString(m.value or b"").score]
+    assert len(scoreless) == len(decisions) // 2
+    for m in scoreless:
+        assert isinstance(Transaction.FromString(m.value or b""), Transaction)  # protobuf takes it
+        refused = parse_transaction(m.value, NOW_MS, MAX_FUTURE_MS)
+        assert isinstance(refused, Rejected) and refused.reason == "wrong_type", refused
+
+
+def test_rejected_is_the_worker_check_and_can_say_no() -> None:
+    tx = base_transaction(1)
+    key, value = tx.customer_id.encode(), tx.SerializeToString()
+    assert not rejected(key, value)  # a valid transaction is taken
+    assert not rejected(key, value, [(CONTRACT_HEADER, b"fraud.v1.Transaction")])
+    assert rejected(b"someone-else", value)  # wrong_key
+    assert rejected(key, value, [(CONTRACT_HEADER, "fraud.v1.Decision")])  # wrong_type
+    # The limit of the rule: a Decision of fields 1-7 only, as no worker sends one, is the
+    # bytes of a valid Transaction; only its header could tell them apart.
+    bare = Decision(
+        transaction_id=tx.transaction_id, customer_id=tx.customer_id, terminal_id=tx.terminal_id,
+        amount_minor=tx.amount_minor, currency=tx.currency, event_time_ms=tx.event_time_ms,
+        action=1,
+    )  # fmt: skip
+    assert not rejected(key, bare.SerializeToString())
+    assert rejected(key, bare.SerializeToString(), [(CONTRACT_HEADER, b"fraud.v1.Decision")])
 
 
 def test_malformed_messages_are_seeded() -> None:
@@ -176,7 +211,7 @@ def test_malformed_messages_are_seeded() -> None:
 def test_invalid_fields_are_all_refused_and_varied() -> None:
     drawn = invalid_fields(0, 200)
     assert len(drawn) > 100
-    assert all(rejected(tx.SerializeToString()) for tx in drawn)
+    assert all(rejected(tx.customer_id.encode(), tx.SerializeToString()) for tx in drawn)
     changed = set()
     for i, tx in enumerate(drawn):
         base = base_transaction(i)

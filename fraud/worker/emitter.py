@@ -168,6 +168,11 @@ class TransactionalEmitter(KafkaEmitter):
         conf: dict[str, Any] = {
             "transactional.id": transactional_id,
             "transaction.timeout.ms": timeout_ms,
+            # Connected to every broker from the start, the group coordinator included. With
+            # connections made on demand, the first send_offsets_to_transaction of a fresh
+            # producer was seen to block past its timeout while librdkafka waited for the
+            # coordinator's connection to come up (librdkafka issues #5456, #5511).
+            "enable.sparse.connections": False,
         }
         conf.update(extra or {})
         super().__init__(brokers, conf)

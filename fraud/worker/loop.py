@@ -85,8 +85,10 @@ log = logging.getLogger("fraud.worker")
 # MARK_FREE_FOR_S after it reads it (fraud.worker.source_marks).
 MARK_HEARTBEAT_S = 0.5
 MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
-# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint).
-DELIVERY_STUCK_FACTOR = 4
+# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint): the
+# broker has aborted its transaction after one, and a commit that it aborted and sent again
+# has had a second.
+DELIVERY_STUCK_FACTOR = 2
 
 
 class HeldMessage(Protocol):

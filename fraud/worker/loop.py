@@ -492,8 +492,10 @@ class WorkerLoop:
             return None  # a customer partition has not sent up to its time yet
         watermark = self.watermarks.event_time.get(q, NO_TIME)
         early = False
-        if first > watermark:
-            state = self.watermarks.check(q, first)
+        if limit > watermark:
+            # Rows up to the watermark have their labels; the ones past it may be taken only
+            # if the labels allow a time past it, whether or not the first row is within it.
+            state = self.watermarks.check(q, max(first, watermark + 1))
             if state is Readiness.WAIT:
                 limit = min(limit, watermark)
             early = state is Readiness.EARLY

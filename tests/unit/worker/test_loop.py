@@ -797,6 +797,34 @@ def test_labels_unread_in_kafka_are_waited_for_on_the_hop_too(policy: Policy) ->
     run(main)
 
 
+def test_hop_rows_past_the_label_watermark_wait_even_when_the_first_row_is_within_it(
+    policy: Policy,
+) -> None:
+    """The first pooled row is within the labels applied, a later one past them while labels
+    are unread in Kafka: only the first is decided (both were, when the check looked at the
+    first row only: seen after a restart as terminal risks decided without their labels)."""
+
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        labels_tp = ("labels", partition_for("T1", P))
+        h.consumer.highs[labels_tp] = 2  # two labels in Kafka, the second not fetched yet
+        h.consumer.starts[labels_tp] = 0
+        h.consumer.fetch_positions[labels_tp] = 1
+        await h.labels([fraud_label(tx(8, customer_on(1), "T1", T - 10 * DAY_MS))])
+        within = tx(1, customer_on(0), "T1", T - 4 * DAY_MS)  # the watermark is T - 3 days
+        past = tx(2, customer_on(0), "T1", T)
+        await h.transactions([within, past])
+        records = h.hop_records()
+        await h.loop.on_repartitioned(records, [h.event(f"hop-{r.offset}") for r in records])
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1"]
+        h.consumer.fetch_positions[labels_tp] = 2
+        await h.labels([fraud_label(tx(9, customer_on(1), "T1", T - 6 * DAY_MS))])
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
+        assert list(h.emitter.decisions()[1].incomplete) == []
+
+    run(main)
+
+
 # --- the hop across workers ---------------------------------------------------------------------
 
 

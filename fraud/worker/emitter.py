@@ -49,7 +49,8 @@ class KafkaEmitter:
             "queue.buffering.max.kbytes": 1_048_576,
         }
         conf.update(extra or {})
-        self._producer = make_producer(brokers, **conf)
+        self._new_producer: Callable[[], Any] = lambda: make_producer(brokers, **conf)
+        self._producer = self._new_producer()
         self._errors: list[str] = []
         self._offsets: dict[tuple[str, int], int] = {}
 
@@ -234,11 +235,15 @@ class TransactionalEmitter(KafkaEmitter):
                 break
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
+                fatal = isinstance(error, KafkaError) and error.fatal()
                 abortable = isinstance(error, KafkaError) and error.txn_requires_abort()
-                if not abortable or attempt == COMMIT_ATTEMPTS:
+                if not (fatal or abortable) or attempt == COMMIT_ATTEMPTS:
                     self._abort(exc)
-                log.warning("transaction aborted, sending it again (%d): %s", attempt, error)
-                self._resend()
+                if fatal:
+                    self._replace(error)
+                else:
+                    log.warning("transaction aborted, sending it again (%d): %s", attempt, error)
+                    self._resend()
         self._open = False
         self._sent.clear()
         offsets_out, self._offsets = self._offsets, {}
@@ -270,7 +275,27 @@ class TransactionalEmitter(KafkaEmitter):
 
     def _resend(self) -> None:
         """Abort the transaction and send its records again in a new one."""
-        self._producer.abort_transaction(30.0)
+        try:
+            self._producer.abort_transaction(30.0)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (isinstance(error, KafkaError) and error.fatal()):
+                raise
+            self._replace(error)  # e.g. INVALID_TXN_STATE on the abort after a controller kill
+            return
+        self._send_again()
+
+    def _replace(self, error: object) -> None:
+        """The producer is in a fatal state (librdkafka takes no more calls on it): a new one
+        with the same transactional id fences it (its open transaction is aborted), and the
+        records of the transaction are sent again in a new one. Before, the worker exited
+        and its restart did the same, a rebalance later."""
+        log.warning("the producer failed (%s): a new one sends the transaction again", error)
+        self._producer = self._new_producer()
+        self._producer.init_transactions(30.0)
+        self._send_again()
+
+    def _send_again(self) -> None:
         self._errors.clear()
         self._offsets.clear()
         self._producer.begin_transaction()

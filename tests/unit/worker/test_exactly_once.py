@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from fraud.metrics import WorkerMetrics
@@ -228,3 +228,37 @@ def test_a_delivery_stuck_past_its_limit_fails_the_worker() -> None:
         await settle()
 
     asyncio.run(main())
+
+
+class FatalOnCommit(FakeTxnProducer):
+    """A producer whose commit fails with a fatal error, as after a controller kill."""
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "fenced", fatal=True))
+
+
+def test_a_producer_in_a_fatal_state_is_replaced_and_the_transaction_sent_again() -> None:
+    """The new producer (same transactional id) fences the old one and commits the same
+    records and offsets; the worker goes on instead of exiting."""
+    emitter = TransactionalEmitter(
+        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
+    )
+    broken = FatalOnCommit(refused="")
+    fresh = FakeTxnProducer(refused="")
+    emitter._producer = broken  # type: ignore[assignment]
+    emitter._new_producer = lambda: fresh
+    emitter._started = True
+    emitter.send("decisions", None, b"y")
+    emitter.send("by-terminal", None, b"z")
+    emitter.deliver({("transactions", 0): 7})
+    assert broken.calls == [
+        "begin",
+        "produce decisions",
+        "produce by-terminal",
+        "offsets",
+        "commit",
+    ]
+    assert fresh.calls == [
+        "init", "begin", "produce decisions", "produce by-terminal", "offsets", "commit"
+    ]  # fmt: skip

@@ -11,12 +11,14 @@ the worker's state and protocol (alignment, the in-line switch, checkpoints); th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import queue
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence, Set
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from fraud.settings import Settings
 from fraud.windows.customer import CustomerConfig
 from fraud.windows.terminal import TerminalConfig
 from fraud.worker import fetch_backoff
-from fraud.worker.checkpoint import FlushRunner, Offsets
+from fraud.worker.checkpoint import Offsets
 from fraud.worker.emitter import GroupMember, KafkaEmitter, TransactionalEmitter
 from fraud.worker.loop import WorkerLoop
 from fraud.worker.partitions import TopicPartition, by_terminal_topic
@@ -178,13 +180,44 @@ class CurrentGeneration:
         return fresh
 
 
-def in_thread(executor: ThreadPoolExecutor) -> FlushRunner:
-    """Run each flush in ``executor``'s thread (librdkafka releases the GIL while it waits)."""
+class FlushThread:
+    """Runs the deliveries one at a time in a daemon thread (librdkafka releases the GIL while
+    it waits). A daemon, not a ``ThreadPoolExecutor``'s thread, which the interpreter joins at
+    exit: a delivery blocked in librdkafka past its own timeout (seen in
+    ``send_offsets_to_transaction``) kept a worker that had stopped on it from exiting, so
+    nothing restarted it."""
 
-    async def run(flush: Callable[[], Offsets]) -> Offsets:
-        return await asyncio.get_running_loop().run_in_executor(executor, flush)
+    def __init__(self, name: str = "fraud-flush") -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], Offsets], asyncio.AbstractEventLoop, asyncio.Future[Offsets]]
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
 
-    return run
+    async def run(self, flush: Callable[[], Offsets]) -> Offsets:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Offsets] = loop.create_future()
+        self._jobs.put((flush, loop, done))
+        return await done
+
+    def _serve(self) -> None:
+        while True:
+            flush, loop, done = self._jobs.get()
+            try:
+                result: Offsets | BaseException = flush()
+            except BaseException as exc:  # handed to the awaiting coroutine
+                result = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, done, result)
+
+
+def _settle(done: asyncio.Future[Offsets], result: Offsets | BaseException) -> None:
+    if done.done():  # cancelled meanwhile
+        return
+    if isinstance(result, BaseException):
+        done.set_exception(result)
+    else:
+        done.set_result(result)
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -354,9 +387,7 @@ def create_app(
         [customer_store, terminal_store],
         metrics,
         clock=time.monotonic,
-        in_background=in_thread(
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraud-flush")
-        ),
+        in_background=FlushThread().run,
     )
 
     generation = CurrentGeneration(app)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -37,6 +38,39 @@ COMMIT_ATTEMPTS = 10
 
 class EmitError(RuntimeError):
     """Kafka refused or failed to deliver output of the worker."""
+
+
+class StuckCall(RuntimeError):
+    """A librdkafka call did not return within its own timeout and a grace period."""
+
+
+# How long past its own timeout a transactional call may run before its producer is given up.
+STUCK_GRACE_S = 5.0
+
+
+def bounded(call: Callable[[], None], timeout_s: float, grace_s: float = STUCK_GRACE_S) -> None:
+    """Run ``call`` (a blocking librdkafka call given ``timeout_s``) in a daemon thread and
+    wait ``timeout_s + grace_s`` for it; ``StuckCall`` when it is still running then.
+    librdkafka's ``send_offsets_to_transaction`` was seen to block for minutes past its
+    timeout after the group coordinator's broker restarted (issues #5456, #5511); a thread
+    left blocked that way is abandoned with its producer."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="fraud-txn-call", daemon=True).start()
+    if not done.wait(timeout_s + grace_s):
+        waited = timeout_s + grace_s
+        raise StuckCall(f"no answer {waited:.0f} s into a call given {timeout_s:.0f} s")
+    if failed:
+        raise failed[0]
 
 
 class KafkaEmitter:
@@ -186,6 +220,11 @@ class TransactionalEmitter(KafkaEmitter):
         self._started = False
         self._open = False
         self._closed = False
+        # A transactional call's own timeout: one transaction timeout (the broker aborts the
+        # transaction after that anyway).
+        self._call_timeout_s = timeout_ms / 1000
+        self._stuck_grace_s = STUCK_GRACE_S
+        self._abandoned: list[Any] = []
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Fence any earlier producer with this id (its open transaction is aborted) and open
@@ -233,6 +272,12 @@ class TransactionalEmitter(KafkaEmitter):
             try:
                 self._commit(consumed)
                 break
+            except StuckCall as exc:
+                if attempt == COMMIT_ATTEMPTS:
+                    self._open = False
+                    self._sent.clear()
+                    raise EmitError(f"transaction not committed: {exc}") from exc
+                self._replace(exc)
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
                 fatal = isinstance(error, KafkaError) and error.fatal()
@@ -258,12 +303,23 @@ class TransactionalEmitter(KafkaEmitter):
             raise KafkaException(error)
         if consumed:
             offsets = [TopicPartition(t, p, o) for (t, p), o in consumed.items()]
+            metadata = self._member().metadata()
             self._retrying(
-                lambda: self._producer.send_offsets_to_transaction(
-                    offsets, self._member().metadata(), 30.0
+                lambda: bounded(
+                    lambda: self._producer.send_offsets_to_transaction(
+                        offsets, metadata, self._call_timeout_s
+                    ),
+                    self._call_timeout_s,
+                    self._stuck_grace_s,
                 )
             )
-        self._retrying(lambda: self._producer.commit_transaction(30.0))
+        self._retrying(
+            lambda: bounded(
+                lambda: self._producer.commit_transaction(self._call_timeout_s),
+                self._call_timeout_s,
+                self._stuck_grace_s,
+            )
+        )
         if self._errors:
             # A delivery failed, yet the commit went through: never silently. The transaction
             # is over either way: the next send opens a new one.
@@ -286,11 +342,15 @@ class TransactionalEmitter(KafkaEmitter):
         self._send_again()
 
     def _replace(self, error: object) -> None:
-        """The producer is in a fatal state (librdkafka takes no more calls on it): a new one
+        """The producer is in a fatal state (librdkafka takes no more calls on it) or stuck in
+        a call: a new one
         with the same transactional id fences it (its open transaction is aborted), and the
         records of the transaction are sent again in a new one. Before, the worker exited
         and its restart did the same, a rebalance later."""
         log.warning("the producer failed (%s): a new one sends the transaction again", error)
+        # Kept, never destroyed: destroying a producer with a call blocked in it would block
+        # this thread too.
+        self._abandoned.append(self._producer)
         self._producer = self._new_producer()
         self._producer.init_transactions(30.0)
         self._send_again()

@@ -85,10 +85,10 @@ log = logging.getLogger("fraud.worker")
 # MARK_FREE_FOR_S after it reads it (fraud.worker.source_marks).
 MARK_HEARTBEAT_S = 0.5
 MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
-# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint): the
-# broker has aborted its transaction after one, and a commit that it aborted and sent again
-# has had a second.
-DELIVERY_STUCK_FACTOR = 2
+# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint): a
+# call blocked in librdkafka gives its producer up after about one and a half
+# (fraud.worker.emitter.bounded), and the replacement has had the rest to commit.
+DELIVERY_STUCK_FACTOR = 4
 
 
 class HeldMessage(Protocol):

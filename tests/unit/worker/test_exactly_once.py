@@ -4,6 +4,7 @@ offsets with, and the offsets a commit may store."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from fraud.metrics import WorkerMetrics
+from fraud.worker.app import FlushThread
 from fraud.worker.checkpoint import Checkpoints, Consumed, Delivery, DeliveryFailed, Offsets
-from fraud.worker.emitter import EmitError, GroupMember, TransactionalEmitter
+from fraud.worker.emitter import (
+    EmitError,
+    GroupMember,
+    StuckCall,
+    TransactionalEmitter,
+    bounded,
+)
 from tests.unit.worker.test_loop import Background, FakeEmitter, settle
 
 
@@ -262,3 +270,65 @@ def test_a_producer_in_a_fatal_state_is_replaced_and_the_transaction_sent_again(
     assert fresh.calls == [
         "init", "begin", "produce decisions", "produce by-terminal", "offsets", "commit"
     ]  # fmt: skip
+
+
+class StuckOnOffsets(FakeTxnProducer):
+    """A producer whose send_offsets_to_transaction never returns (librdkafka #5456)."""
+
+    def __init__(self) -> None:
+        super().__init__(refused="")
+        self.release = threading.Event()
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self.calls.append("offsets")
+        self.release.wait()
+
+
+def test_a_producer_stuck_in_a_call_past_its_timeout_is_given_up_for_a_new_one() -> None:
+    emitter = TransactionalEmitter(
+        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
+    )
+    stuck = StuckOnOffsets()
+    fresh = FakeTxnProducer(refused="")
+    emitter._producer = stuck  # type: ignore[assignment]
+    emitter._new_producer = lambda: fresh
+    emitter._call_timeout_s = emitter._stuck_grace_s = 0.05
+    emitter._started = True
+    emitter.send("decisions", None, b"y")
+    try:
+        emitter.deliver({("transactions", 0): 7})
+    finally:
+        stuck.release.set()
+    assert stuck.calls == ["begin", "produce decisions", "offsets"]
+    assert fresh.calls == ["init", "begin", "produce decisions", "offsets", "commit"]
+
+
+def test_a_bounded_call_raises_what_the_call_raises_and_gives_up_on_one_that_hangs() -> None:
+    def refused() -> None:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    with pytest.raises(KafkaException):
+        bounded(refused, 0.01, 0.01)
+    hang = threading.Event()
+
+    def blocks() -> None:
+        hang.wait()
+
+    with pytest.raises(StuckCall):
+        bounded(blocks, 0.01, 0.01)
+    hang.set()
+
+
+def test_the_flush_thread_runs_deliveries_in_order_and_never_keeps_the_process_alive() -> None:
+    async def main() -> None:
+        thread = FlushThread()
+        assert thread._thread.daemon
+        assert await thread.run(lambda: {("t", 0): 1}) == {("t", 0): 1}
+
+        def fails() -> dict[tuple[str, int], int]:
+            raise EmitError("refused")
+
+        with pytest.raises(EmitError):
+            await thread.run(fails)
+
+    asyncio.run(main())

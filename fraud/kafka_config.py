@@ -79,10 +79,14 @@ def produce(
     partition: int | None = None,
     headers: Sequence[tuple[str, bytes]] | None = None,
     on_delivery: Callable[..., None] | None = None,
+    timestamp_ms: int = 0,
 ) -> None:
-    """Queue one message. When librdkafka's queue is full, serve delivery reports until it
-    has room: back-pressure on the caller instead of a ``BufferError``."""
+    """Queue one message (``timestamp_ms``: its CreateTime; 0: now). When librdkafka's queue
+    is full, serve delivery reports until it has room: back-pressure on the caller instead of
+    a ``BufferError``."""
     kwargs: dict[str, Any] = {"key": key, "value": value}
+    if timestamp_ms:
+        kwargs["timestamp"] = timestamp_ms
     if partition is not None:
         kwargs["partition"] = partition
     if headers:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -112,12 +113,14 @@ class KafkaEmitter:
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         track_offset: bool = False,
+        timestamp_ms: int = 0,
     ) -> None:
-        """Queue one message; ``track_offset`` records its offset for ``flush``'s callback."""
+        """Queue one message; ``track_offset`` records its offset for ``flush``'s callback;
+        ``timestamp_ms``: its CreateTime (0: now)."""
         callback = self._on_tracked_delivery if track_offset else self._on_delivery
         produce(
             self._producer, topic, value, key=key, partition=partition, headers=headers,
-            on_delivery=callback,
+            on_delivery=callback, timestamp_ms=timestamp_ms,
         )  # fmt: skip
 
     def warm(self, topics: Sequence[str], timeout_s: float = 10.0) -> None:
@@ -241,6 +244,10 @@ class TransactionalEmitter(KafkaEmitter):
     def send(self, topic: str, key: bytes | None, value: bytes, **kwargs: Any) -> None:
         if self._closed:
             return  # the worker stops: never committed (see close)
+        # Stamped now, kept when sent later (held) or again (an aborted transaction): a
+        # receiver tells a caught-up source mark that is still fresh from one it reads late by
+        # its record's time (fraud.worker.source_marks).
+        kwargs.setdefault("timestamp_ms", int(time.time() * 1000))
         if self._holding:
             self._held.append(((topic, key, value), kwargs))
             return

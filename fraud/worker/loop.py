@@ -85,6 +85,9 @@ log = logging.getLogger("fraud.worker")
 # MARK_FREE_FOR_S after it reads it (fraud.worker.source_marks).
 MARK_HEARTBEAT_S = 0.5
 MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
+# A caught-up mark in a record older than this when read is ignored (a commit under load takes
+# seconds; a record read 35 s late made a stopped sender's partitions look caught up).
+MARK_MAX_AGE_S = 5.0
 # A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint): a
 # call blocked in librdkafka gives its producer up after about one and a half
 # (fraud.worker.emitter.bounded), and the replacement has had the rest to commit.
@@ -216,7 +219,7 @@ class WorkerLoop:
         # Cross-worker event time on the hop (fraud.worker.source_marks): what this worker's
         # customer partitions have sent, and what each hop partition heard from every one.
         self.mark_sender = MarkSender(clock, MARK_HEARTBEAT_S, settings.checkpoint_s)
-        self.hop_marks = HopMarks(settings.partitions, clock, MARK_FREE_FOR_S)
+        self.hop_marks = HopMarks(settings.partitions, clock, MARK_FREE_FOR_S, MARK_MAX_AGE_S)
         self.clock = clock
         self._reported_at = clock()
         # Released, waiting for labels before the customer stage (in line), in decision
@@ -445,8 +448,9 @@ class WorkerLoop:
             event.message.incref()  # held past take_events' own ack, as in on_transactions
             marks: list[Sequence[SourceMark]] = []
             columns, _, dead = self.terminals.decode([rec], marks)
+            age_s = self.positions.wall() - rec.timestamp_ms / 1000
             for found in marks:
-                self.hop_marks.observe(q, decode_marks(found))
+                self.hop_marks.observe(q, decode_marks(found), age_s)
             self.outputs.dead(dead)
             if not self.hop_pool.loaded(q):
                 stored = self.terminals.store.get_many(q, [PROGRESS_KEY])[0]

@@ -43,7 +43,12 @@ An ``END_TIME`` is also only good while its sender is heard from: it counts for
 ``free_for_s`` after it is read (the receiver's clock), and senders repeat it every
 ``heartbeat_s`` while it holds, so a sender that died (killed, or cut off) stops counting as
 caught up within that time, and its partitions are waited for from their last finite mark. A
-sender that stops or loses its partitions says so: its last marks before the revocation or
+record read long after it was produced (its transaction committed late, or the reader was held
+back behind another sender's open transaction: seen 35 s after a whole-cluster restart)
+carries an ``END_TIME`` that says nothing of now, and is ignored when older than
+``max_age_s`` (the record's timestamp, which the sender keeps when it sends a transaction
+again, against the receiver's wall clock: worker clocks are assumed to agree to well within
+that). A sender that stops or loses its partitions says so: its last marks before the revocation or
 the stop (``sender_marks(..., caught_up_free=False)``) are finite for every partition.
 
 Liveness: a customer partition never heard of on ``q`` counts as ``NO_TIME`` (not ready). A
@@ -192,19 +197,23 @@ class HopMarks:
         partitions: int,
         clock: Callable[[], float] = lambda: 0.0,
         free_for_s: float = float("inf"),
+        max_age_s: float = float("inf"),
     ) -> None:
         """``clock``: monotonic seconds; an ``END_TIME`` counts for ``free_for_s`` after it is
-        read (the default: until a finite mark follows)."""
+        read (the default: until a finite mark follows), and not at all when its record is
+        older than ``max_age_s`` as it is read."""
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         self.partitions = partitions
         self.clock = clock
         self.free_for_s = free_for_s
+        self.max_age_s = max_age_s
         self._marks: dict[int, dict[int, _Mark]] = {}
 
-    def observe(self, q: int, marks: Mapping[int, int]) -> None:
-        """The marks of one record read on hop partition ``q``, after its items. Marks of a
-        customer partition outside ``range(partitions)`` are ignored."""
+    def observe(self, q: int, marks: Mapping[int, int], age_s: float = 0.0) -> None:
+        """The marks of one record read on hop partition ``q``, after its items; ``age_s``:
+        how long ago its sender produced it. Marks of a customer partition outside
+        ``range(partitions)`` are ignored."""
         known = self._marks.setdefault(q, {})
         for c, w in marks.items():
             if not 0 <= c < self.partitions:
@@ -213,6 +222,8 @@ class HopMarks:
             if mark is None:
                 mark = known[c] = _Mark()
             if w == END_TIME:
+                if age_s > self.max_age_s:
+                    continue  # said long ago: says nothing of now (a finite mark still counts)
                 mark.free = True
                 mark.free_at = self.clock()
             else:

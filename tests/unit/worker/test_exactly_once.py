@@ -101,6 +101,7 @@ class FakeTxnProducer:
     def __init__(self, refused: str) -> None:
         self.refused = refused
         self.calls: list[str] = []
+        self.timestamps: list[int | None] = []
         self._reports: list[tuple[Any, str]] = []
 
     def init_transactions(self, timeout: float) -> None:
@@ -111,6 +112,7 @@ class FakeTxnProducer:
 
     def produce(self, topic: str, value: bytes, **kwargs: Any) -> None:
         self.calls.append(f"produce {topic}")
+        self.timestamps.append(kwargs.get("timestamp"))
         self._reports.append((kwargs["on_delivery"], topic))
 
     def poll(self, timeout: float = 0) -> int:
@@ -270,6 +272,8 @@ def test_a_producer_in_a_fatal_state_is_replaced_and_the_transaction_sent_again(
     assert fresh.calls == [
         "init", "begin", "produce decisions", "produce by-terminal", "offsets", "commit"
     ]  # fmt: skip
+    # sent again with their first timestamps (a receiver tells stale marks by them)
+    assert fresh.timestamps == broken.timestamps and None not in fresh.timestamps
 
 
 class StuckOnOffsets(FakeTxnProducer):

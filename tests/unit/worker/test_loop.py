@@ -9,6 +9,7 @@ gate, so "a checkpoint in flight" is a state the test sets, not a race.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
@@ -297,15 +298,19 @@ class Harness:
         """The repartition records sent with transactions in them (not marks only)."""
         return [s for s in self.emitter.on(REPARTITION) if EnrichedBatch.FromString(s.value).items]
 
-    def hop_records(self, items_only: bool = False) -> list[RawRecord]:
+    def hop_records(self, items_only: bool = False, age_s: float = 0.0) -> list[RawRecord]:
         """What the emitter sent on the repartition topic, as the terminal agent reads it
-        (``items_only``: not the marks-only records)."""
+        (``items_only``: not the marks-only records), produced ``age_s`` before it is read."""
         records = []
+        produced_ms = int((time.time() - age_s) * 1000)
         for s in self.hop_sent() if items_only else self.emitter.on(REPARTITION):
             assert s.partition is not None and s.offset is not None
             records.append(
-                RawRecord(None, s.value, REPARTITION, s.partition, s.offset, T, ENRICHED_BATCH)
-            )
+                RawRecord(
+                    None, s.value, REPARTITION, s.partition, s.offset, produced_ms,
+                    ENRICHED_BATCH,
+                )
+            )  # fmt: skip
         return records
 
     def metric(self, name: str, **labels: str) -> float:
@@ -821,6 +826,29 @@ def test_hop_rows_past_the_label_watermark_wait_even_when_the_first_row_is_withi
         await h.labels([fraud_label(tx(9, customer_on(1), "T1", T - 6 * DAY_MS))])
         assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1", "tx-2"]
         assert list(h.emitter.decisions()[1].incomplete) == []
+
+    run(main)
+
+
+def test_caught_up_marks_read_long_after_they_were_sent_hold_the_hop_rows_back(
+    policy: Policy,
+) -> None:
+    """Marks read late (their transaction committed late, or the reader was held back behind
+    another sender's open transaction) say nothing of now: the rows wait until fresh marks
+    come. Read as fresh, a whole-cluster restart's 35 s-old caught-up marks had the terminal
+    stage decide one customer partition's rows before another's older ones."""
+
+    async def main() -> None:
+        h = Harness(policy, SETTINGS.with_overrides(single_stage=False))
+        await h.transactions([tx(1, customer_on(0), "T1", T - 7 * DAY_MS - HOUR_MS)])
+        late = h.hop_records(age_s=30.0)
+        await h.loop.on_repartitioned(late, [h.event(f"late-{r.offset}") for r in late])
+        assert h.emitter.decisions() == []
+        h.mono.advance(1_000)
+        await h.loop.tick()  # the senders' heartbeats
+        fresh = [r for r in h.hop_records() if not EnrichedBatch.FromString(r.value).items]
+        await h.loop.on_repartitioned(fresh, [h.event() for _ in fresh])
+        assert [d.transaction_id for d in h.emitter.decisions()] == ["tx-1"]
 
     run(main)
 

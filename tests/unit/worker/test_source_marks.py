@@ -381,3 +381,12 @@ def test_no_transaction_is_scored_before_older_ones_of_its_hop_partition(
     for q in range(Q):
         assert cluster.marks.low(q) == END_TIME
         assert cluster.observed[q] == {tx.ident for tx in cluster.txs if tx.q == q}
+
+
+def test_a_caught_up_mark_in_a_record_read_long_after_it_was_sent_counts_for_nothing() -> None:
+    hop = HopMarks(2, max_age_s=5.0)
+    hop.observe(0, {0: 100, 1: 200})
+    hop.observe(0, {0: END_TIME, 1: END_TIME}, age_s=30.0)  # e.g. read behind an open transaction
+    assert hop.low(0) == 100
+    hop.observe(0, {0: END_TIME}, age_s=0.2)
+    assert hop.mark(0, 0) == END_TIME and hop.low(0) == 200

@@ -146,6 +146,15 @@ class FaustConsumerView:
             None if instance is None else str(instance),
         )
 
+    def not_fetched(self) -> Set[TopicPartition]:
+        """Faust's paused and buffer-full partitions (it has no public accessor for them)."""
+        consumer: Any = self._app.consumer
+        tps = {
+            *getattr(consumer, "_paused_partitions", ()),
+            *getattr(consumer, "_buffered_partitions", ()),
+        }
+        return {(str(tp.topic), int(tp.partition)) for tp in tps}
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
         self._app.consumer.pause_partitions(TP(*tp) for tp in tps)
 

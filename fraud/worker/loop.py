@@ -550,7 +550,7 @@ class WorkerLoop:
         log.warning(
             "holding: aligner %s, in line waiting for labels %d (first on labels partition "
             "%s), hop rows %s (lowest source mark per hop partition: %s); label positions "
-            "%s; transactions positions %s",
+            "%s; transactions positions %s; not fetched %s",
             held,
             len(self.waiting),
             labels[:1],
@@ -558,6 +558,7 @@ class WorkerLoop:
             {q: self._lowest_mark(q) for q in hop},
             {p: _brief(self.positions.of(self.labels, p)) for p in labels},
             {p: _brief(pos) for p, pos in self.positions.assigned(self.transactions).items()},
+            sorted(self.consumer.not_fetched()),
         )
 
     def _lowest_mark(self, q: int) -> str:

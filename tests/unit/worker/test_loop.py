@@ -108,6 +108,9 @@ class FakeConsumer:
     def polled_at(self, tp: TopicPartition) -> float | None:
         return None
 
+    def not_fetched(self) -> Set[TopicPartition]:
+        return set(self.paused)
+
     def pause_partitions(self, tps: Iterable[TopicPartition]) -> None:
         self.paused.update(tps)
 

@@ -159,10 +159,26 @@ class FaustConsumerView:
         self._app.consumer.pause_partitions([TP(*tp) for tp in tps])
 
     def resume_partitions(self, tps: Iterable[TopicPartition]) -> None:
-        # A list, not a generator: Faust's resume_partitions reads its argument twice (once
-        # for the paused set, once for the active set), and a generator read the second time
-        # is empty: the partitions stayed unfetched for good (a handbook-size run stalled).
-        self._app.consumer.resume_partitions([TP(*tp) for tp in tps])
+        """Resume, and fetch each partition again from just after the last record Faust
+        handed to a stream.
+
+        A list, not a generator: Faust's resume_partitions reads its argument twice (once for
+        the paused set, once for the active set), and a generator is empty the second time:
+        the partitions stayed unfetched for good (a handbook-size run stalled).
+
+        The seek: Faust's getmany skips the fetched records of a partition that is paused
+        while they are handed out (it checks the live active set), and the consumer's position
+        has moved past them; resumed, the partition went on after them. A handbook-size run
+        lost 910 TransactionBatch records (455,000 transactions) that way, their offsets
+        committed past them."""
+        consumer: Any = self._app.consumer
+        resumed = [TP(*tp) for tp in tps]
+        consumer.resume_partitions(resumed)
+        assigned = consumer.assignment()
+        for tp in resumed:
+            delivered = consumer._read_offset.get(tp)
+            if delivered is not None and tp in assigned:  # not while being revoked
+                consumer._thread.seek(tp, delivered + 1)
 
 
 class CurrentGeneration:

@@ -14,6 +14,8 @@ class FaustLikeConsumer:
         self.assigned = assigned
         self.active = set(assigned)
         self.paused: set[TP] = set()
+        self._read_offset: dict[TP, int] = {}  # the last offset handed to a stream
+        self._thread = FakeThread()
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -30,6 +32,14 @@ class FaustLikeConsumer:
         tpset = set(tps)
         self.active.update(tps)  # as Faust does: the argument itself, a second time
         self.paused.difference_update(tpset)
+
+
+class FakeThread:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
 
 class FakeTables:
@@ -56,3 +66,17 @@ def test_resumed_partitions_are_fetched_again() -> None:
     view.resume_partitions([("transactions", 0), ("transactions", 1)])
     assert view.not_fetched() == set()
     assert inputs <= consumer.active
+
+
+def test_a_resumed_partition_is_fetched_again_from_after_the_last_record_handed_to_a_stream() -> (
+    None
+):
+    """Faust's getmany skips the records of a partition paused while they are handed out, and
+    the position has moved past them: resumed, it must fetch them again."""
+    tp = TP("transactions", 0)
+    consumer = FaustLikeConsumer({tp, TP("transactions", 1)})
+    view = FaustConsumerView(FakeApp(consumer))  # type: ignore[arg-type]
+    consumer._read_offset[tp] = 152
+    view.pause_partitions([("transactions", 0), ("transactions", 1)])
+    view.resume_partitions([("transactions", 0), ("transactions", 1)])
+    assert consumer._thread.seeks == [(tp, 153)]  # partition 1 handed nothing yet: left be

@@ -359,7 +359,9 @@ class TransactionalEmitter(KafkaEmitter):
         # this thread too.
         self._abandoned.append(self._producer)
         self._producer = self._new_producer()
-        self._producer.init_transactions(30.0)
+        # Retried while it times out (librdkafka: "retry call to resume"): the cluster may
+        # still be coming back, and a worker that exited here was restarted for nothing.
+        self._retrying(lambda: self._producer.init_transactions(2 * self._call_timeout_s))
         self._send_again()
 
     def _send_again(self) -> None:

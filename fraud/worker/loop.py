@@ -88,10 +88,11 @@ MARK_FREE_FOR_S = 3 * MARK_HEARTBEAT_S
 # A caught-up mark in a record older than this when read is ignored (a commit under load takes
 # seconds; a record read 35 s late made a stopped sender's partitions look caught up).
 MARK_MAX_AGE_S = 5.0
-# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint): a
+# A delivery running this many transaction timeouts is stuck (fraud.worker.checkpoint). A
 # call blocked in librdkafka gives its producer up after about one and a half
-# (fraud.worker.emitter.bounded), and the replacement has had the rest to commit.
-DELIVERY_STUCK_FACTOR = 4
+# (fraud.worker.emitter.bounded), and a commit is retried while the cluster is away: with 4,
+# a whole-cluster restart under load (down about a minute) stopped both workers.
+DELIVERY_STUCK_FACTOR = 20
 
 
 class HeldMessage(Protocol):

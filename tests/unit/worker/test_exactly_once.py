@@ -336,3 +336,31 @@ def test_the_flush_thread_runs_deliveries_in_order_and_never_keeps_the_process_a
             await thread.run(fails)
 
     asyncio.run(main())
+
+
+class SlowToInit(FakeTxnProducer):
+    """A fresh producer whose init_transactions times out once (the cluster still restarting)."""
+
+    def __init__(self) -> None:
+        super().__init__(refused="")
+        self.timeouts = 1
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init")
+        if self.timeouts:
+            self.timeouts -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "retry", retriable=True))
+
+
+def test_a_replacement_producer_retries_its_init_while_the_cluster_comes_back() -> None:
+    emitter = TransactionalEmitter(
+        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
+    )
+    broken = FatalOnCommit(refused="")
+    fresh = SlowToInit()
+    emitter._producer = broken  # type: ignore[assignment]
+    emitter._new_producer = lambda: fresh
+    emitter._started = True
+    emitter.send("decisions", None, b"y")
+    emitter.deliver({("transactions", 0): 7})
+    assert fresh.calls == ["init", "init", "begin", "produce decisions", "offsets", "commit"]

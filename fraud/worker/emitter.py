@@ -339,7 +339,8 @@ class TransactionalEmitter(KafkaEmitter):
     def _resend(self) -> None:
         """Abort the transaction and send its records again in a new one."""
         try:
-            self._producer.abort_transaction(30.0)
+            # Retried while it times out, as a whole-cluster restart makes it do.
+            self._retrying(lambda: self._producer.abort_transaction(2 * self._call_timeout_s))
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if not (isinstance(error, KafkaError) and error.fatal()):

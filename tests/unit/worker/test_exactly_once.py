@@ -364,3 +364,39 @@ def test_a_replacement_producer_retries_its_init_while_the_cluster_comes_back() 
     emitter.send("decisions", None, b"y")
     emitter.deliver({("transactions", 0): 7})
     assert fresh.calls == ["init", "init", "begin", "produce decisions", "offsets", "commit"]
+
+
+class AbortsSlowly(FakeTxnProducer):
+    """Commits fail abortably once, and the abort then times out once (the cluster away)."""
+
+    def __init__(self) -> None:
+        super().__init__(refused="")
+        self.fail_commit = 1
+        self.slow_abort = 1
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        if self.fail_commit:
+            self.fail_commit -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "x", txn_requires_abort=True))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+        if self.slow_abort:
+            self.slow_abort -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "retry", retriable=True))
+
+
+def test_an_abort_that_times_out_is_retried_and_the_transaction_sent_again() -> None:
+    emitter = TransactionalEmitter(
+        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
+    )
+    slow = AbortsSlowly()
+    emitter._producer = slow  # type: ignore[assignment]
+    emitter._started = True
+    emitter.send("decisions", None, b"y")
+    emitter.deliver({("transactions", 0): 7})
+    assert slow.calls == [
+        "begin", "produce decisions", "offsets", "commit", "abort", "abort", "begin",
+        "produce decisions", "offsets", "commit",
+    ]  # fmt: skip

@@ -30,6 +30,9 @@ _SETTLING = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    # The client's own metadata does not list the partition yet (a topic created a moment
+    # ago, on a busy machine: a worker exited at start on the policy topic).
+    KafkaError._UNKNOWN_PARTITION,
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from fraud.kafka_config import (
     RDKAFKA_LOGGER,
@@ -15,6 +15,7 @@ from fraud.kafka_config import (
     make_consumer,
     make_producer,
     producer_config,
+    watermark_offsets,
 )
 from fraud.settings import Settings
 
@@ -90,3 +91,21 @@ def test_the_check_sees_a_construction_outside_the_factory(tmp_path: Path) -> No
     )
     assert _constructions(stray) == ["stray.py:3 Producer", "stray.py:4 AIOKafkaConsumer"]
     assert _constructions(FACTORY) == []  # the factory itself may call the constructors
+
+
+class NewTopicConsumer:
+    """get_watermark_offsets as librdkafka answers it for a topic created a moment ago."""
+
+    def __init__(self, unknown_for: int) -> None:
+        self.unknown_for = unknown_for
+
+    def get_watermark_offsets(self, partition: object, timeout: float) -> tuple[int, int]:
+        if self.unknown_for:
+            self.unknown_for -= 1
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+        return 0, 7
+
+
+def test_watermarks_of_a_partition_the_client_does_not_know_yet_are_asked_again() -> None:
+    consumer = NewTopicConsumer(unknown_for=3)
+    assert watermark_offsets(consumer, TopicPartition("t", 0), 5.0) == (0, 7)  # type: ignore[arg-type]

@@ -146,14 +146,25 @@ class FakeMsg:
         return 0
 
 
-def test_a_commit_that_went_through_with_a_failed_delivery_ends_its_transaction() -> None:
-    """The failure is raised, and the next send opens a new transaction with none of the
-    committed one's records to send again."""
+def emitter_on(producer: FakeTxnProducer, replacement: FakeTxnProducer | None = None,
+               started: bool = False) -> TransactionalEmitter:  # fmt: skip
+    """A transactional emitter on a fake producer (no broker), and the producer it would make
+    to replace one it gives up (``replacement``)."""
     emitter = TransactionalEmitter(
         "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
     )
+    emitter._producer = producer  # type: ignore[assignment]
+    if replacement is not None:
+        emitter._new_producer = lambda: replacement
+    emitter._started = started
+    return emitter
+
+
+def test_a_commit_that_went_through_with_a_failed_delivery_ends_its_transaction() -> None:
+    """The failure is raised, and the next send opens a new transaction with none of the
+    committed one's records to send again."""
     fake = FakeTxnProducer(refused="too-big")
-    emitter._producer = fake  # type: ignore[assignment]
+    emitter = emitter_on(fake)
     emitter.send("too-big", None, b"x")
     emitter.send("decisions", None, b"y")
     with pytest.raises(EmitError, match="output to Kafka failed"):
@@ -167,11 +178,8 @@ def test_a_commit_that_went_through_with_a_failed_delivery_ends_its_transaction(
 def test_a_closed_emitter_aborts_what_was_sent_after_its_last_delivery_and_sends_no_more() -> None:
     """A stopping worker's agents run on after its last commit; their output must neither
     be committed nor keep a transaction open (read-committed readers would wait for it)."""
-    emitter = TransactionalEmitter(
-        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
-    )
     fake = FakeTxnProducer(refused="none")
-    emitter._producer = fake  # type: ignore[assignment]
+    emitter = emitter_on(fake)
     emitter.send("decisions", None, b"committed")
     emitter.deliver({})
     emitter.send("decisions", None, b"after the last delivery")
@@ -251,14 +259,9 @@ class FatalOnCommit(FakeTxnProducer):
 def test_a_producer_in_a_fatal_state_is_replaced_and_the_transaction_sent_again() -> None:
     """The new producer (same transactional id) fences the old one and commits the same
     records and offsets; the worker goes on instead of exiting."""
-    emitter = TransactionalEmitter(
-        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
-    )
     broken = FatalOnCommit(refused="")
     fresh = FakeTxnProducer(refused="")
-    emitter._producer = broken  # type: ignore[assignment]
-    emitter._new_producer = lambda: fresh
-    emitter._started = True
+    emitter = emitter_on(broken, fresh, started=True)
     emitter.send("decisions", None, b"y")
     emitter.send("by-terminal", None, b"z")
     emitter.deliver({("transactions", 0): 7})
@@ -289,15 +292,10 @@ class StuckOnOffsets(FakeTxnProducer):
 
 
 def test_a_producer_stuck_in_a_call_past_its_timeout_is_given_up_for_a_new_one() -> None:
-    emitter = TransactionalEmitter(
-        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
-    )
     stuck = StuckOnOffsets()
     fresh = FakeTxnProducer(refused="")
-    emitter._producer = stuck  # type: ignore[assignment]
-    emitter._new_producer = lambda: fresh
+    emitter = emitter_on(stuck, fresh, started=True)
     emitter._call_timeout_s = emitter._stuck_grace_s = 0.05
-    emitter._started = True
     emitter.send("decisions", None, b"y")
     try:
         emitter.deliver({("transactions", 0): 7})
@@ -353,14 +351,9 @@ class SlowToInit(FakeTxnProducer):
 
 
 def test_a_replacement_producer_retries_its_init_while_the_cluster_comes_back() -> None:
-    emitter = TransactionalEmitter(
-        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
-    )
     broken = FatalOnCommit(refused="")
     fresh = SlowToInit()
-    emitter._producer = broken  # type: ignore[assignment]
-    emitter._new_producer = lambda: fresh
-    emitter._started = True
+    emitter = emitter_on(broken, fresh, started=True)
     emitter.send("decisions", None, b"y")
     emitter.deliver({("transactions", 0): 7})
     assert fresh.calls == ["init", "init", "begin", "produce decisions", "offsets", "commit"]
@@ -388,12 +381,8 @@ class AbortsSlowly(FakeTxnProducer):
 
 
 def test_an_abort_that_times_out_is_retried_and_the_transaction_sent_again() -> None:
-    emitter = TransactionalEmitter(
-        "127.0.0.1:1", "txn-test", lambda: GroupMember("g", 1, "m"), timeout_ms=1000
-    )
     slow = AbortsSlowly()
-    emitter._producer = slow  # type: ignore[assignment]
-    emitter._started = True
+    emitter = emitter_on(slow, started=True)
     emitter.send("decisions", None, b"y")
     emitter.deliver({("transactions", 0): 7})
     assert slow.calls == [

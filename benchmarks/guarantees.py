@@ -9,6 +9,8 @@ In ``--rounds`` rounds, each guarantee in turn (at_least_once, exactly_once, at_
 1. latency: open-loop load at each of ``--rates`` (transactions/s, one record per
    transaction) for ``--duration`` seconds after a warm-up, through a fresh worker (as
    ``fraud bench latency``): p50/p99/p99.9 from produce to the Decision read back;
+   A rate past the worker's capacity is reported, not refused: the decisions that did not
+   arrive within a minute of the last send are missing from its "decided %" figure;
 2. replay: a simulated labelled file (``--customers``, twice as many terminals, ``--days``)
    produced whole before the worker catches up, one record per transaction (its first
    ``--single``) and in batches of 500: transactions/s from the start of the replay to the
@@ -48,6 +50,9 @@ from fraud.tools.simulate import SimulationConfig, simulate, write_file  # noqa:
 
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = (AT_LEAST_ONCE, EXACTLY_ONCE)
+# After the last send, how long the decisions of a rate past the worker's capacity may take to
+# arrive; those still missing then are counted (the "decided %" figure), not waited for.
+DRAIN_S = 60.0
 Say = Callable[[str], None]
 
 
@@ -57,7 +62,7 @@ def latency_run(settings: Settings, root: Path, rate: float, duration_s: float,
     s = fresh(settings, root, f"lat{rate:.0f}")
     ensure_topics(s)
     with worker_process(s, root, say, timeout_s=180):
-        result = run_load(s, rate, duration_s, warmup_s=5.0, say=say)
+        result = run_load(s, rate, duration_s, warmup_s=5.0, drain_s=DRAIN_S, say=say)
     shutil.rmtree(s.data_dir, ignore_errors=True)
     summary = result.recorder.summary_ms()
     return {
@@ -83,9 +88,7 @@ def one_run(settings: Settings, root: Path, guarantee: str, args: argparse.Names
     for rate in args.rates:
         say(f"  {guarantee}: {rate:,.0f} tx/s for {args.duration:.0f} s")
         lat = latency_run(g, root, rate, args.duration, say)
-        if lat["decided"] < lat["sent"]:
-            raise RuntimeError(f"{guarantee} at {rate:,.0f} tx/s: {lat['decided']:,} of "
-                               f"{lat['sent']:,} decided")  # fmt: skip
+        figures[f"{rate:.0f} tx/s decided %"] = 100.0 * lat["decided"] / max(lat["sent"], 1)
         for q in ("p50_ms", "p99_ms", "p99.9_ms"):
             figures[f"{rate:.0f} tx/s {q}"] = lat[q]
         say(f"    p50 {lat['p50_ms']:,.1f} ms, p99 {lat['p99_ms']:,.1f} ms, "

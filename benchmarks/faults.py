@@ -2,7 +2,7 @@
 
     python benchmarks/faults.py [--scenarios 0,1,2,3,4,5 | steady,sigkill,sigterm,...,sinks]
         [--transactions 10000] [--kills 20] [--malformed 1000000] [--outage-s 60]
-        [--slow-s 5] [--seed 0] [--json PATH]
+        [--slow-s 5] [--sinks-clean] [--seed 0] [--json PATH]
 
 Starts a 3-node Apache Kafka cluster (min.insync.replicas=2, acks=all), simulates a labelled
 file, runs it once through one undisturbed worker (the clean run), then once per scenario
@@ -12,7 +12,8 @@ alerts, dead letters, and recovery time (a fault to the moment every partition t
 deciding decides again). Prints one table row per scenario with met/MISSED against
 0 missing / 0 duplicated / 0 differing, writes JSON (default benchmarks/results/faults.json).
 Scenario 5 (sinks) runs the webhook sink and the notifier against real servers on 127.0.0.1
-(healthy, down then up, HTTP 500, slow; SMTP down then up) and prints its own table.
+(healthy, down then up, HTTP 500, slow; SMTP down then up), with a second webhook sink of
+healthy endpoints beside it as the latency reference, and prints its own table.
 Progress goes to stderr. Everything started is stopped on exit, Ctrl-C or an error.
 See docs/faults.md.
 """
@@ -71,6 +72,11 @@ def main() -> int:
     parser.add_argument(
         "--slow-s", type=float, default=5.0, help="scenario 5: the slow endpoint's answer (s)"
     )
+    parser.add_argument(
+        "--sinks-clean", action="store_true",
+        help="scenario 5: first a run with every server healthy (its latency is printed; the "
+        "healthy endpoint is judged against the control sink of its own run either way)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rate", type=float, default=None,
@@ -104,7 +110,7 @@ def main() -> int:
             suite.run_clean()
         for name in names:
             if name == SINKS:
-                sink_row = suite.run_sinks(SinkConfig(plan))
+                sink_row = suite.run_sinks(SinkConfig(plan, compare_clean=args.sinks_clean))
                 sink_rows.append(sink_row)
                 for line in sink_lines(sink_row):
                     say(line)

@@ -12,8 +12,15 @@ for each and ``fraud dlq redrive --sink notifier --all`` (SMTP is up again), and
 each dead letter is delivered or mailed; a second re-drive of each must send nothing. Deadlines
 only guard against a hang.
 
-``run_sinks`` does it twice: a clean run with every server healthy (the latency reference) and
-the run with the faults, and returns the ``SinkRow``.
+A second webhook sink runs alongside, in a consumer group of its own, with as many endpoints
+as the first, all healthy (``control``, ``control-2``, ...): it delivers the same alerts at the
+same time, and its first endpoint's latency is the reference the healthy endpoint's is judged
+against. Both sinks share the machine's load, so the ratio measures what the broken endpoints
+cost their healthy neighbour, not how busy the machine was. It has no retry levels (nothing it
+calls fails; retry topics are shared by every sink on one alerts topic).
+
+``run_sinks`` runs it, and first, with ``compare_clean``, a run with every server healthy
+(exactly once everywhere, and its latency printed for comparison); it returns the ``SinkRow``.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ ROLES = (Role.HEALTHY, Role.RECOVERING, Role.FAILING, Role.SLOW)
 class SinkConfig:
     plan: SinkPlan
     rate: float | None = None  # replay rate; None: the file over twice the outage
-    compare_clean: bool = True  # run the all-healthy reference first
+    compare_clean: bool = False  # run an all-healthy run first, as a second reference
     max_latency_ratio: float = DEFAULT_MAX_LATENCY_RATIO
     stall_s: float = 60.0
     deadline_s: float = 900.0  # per wait: a guard against a hang, never a measurement
@@ -153,6 +160,11 @@ class SinkRun:
             Role.FAILING: Endpoint("failing", secret, "500" if faults else "ok"),
             Role.SLOW: Endpoint("slow", secret, "slow" if faults else "ok", plan.slow_s),
         }
+        # the control sink's endpoints: the first is the latency reference
+        self.controls = [
+            Endpoint("control" if i == 0 else f"control-{i + 1}", secret)
+            for i in range(len(self.endpoints))
+        ]
         self.smtp = MailServer()
         self.notifier_config = workdir / "notifier.toml"
         self.sinks: list[SinkProcess] = []
@@ -181,16 +193,32 @@ class SinkRun:
         hooks, ready = webhook_sink(
             self.settings, subs, self.plan.delays, self.plan.breaker_reset_s, self.workdir
         )
+        control, control_ready = self._control_sink()
         mail = notifier(self.settings, config, self.workdir)
-        self.sinks = [hooks, mail]
-        hooks.start()
-        mail.start()
+        self.sinks = [hooks, control, mail]
+        for sink in self.sinks:
+            sink.start()
         wait_file(ready, hooks, 120.0)
+        wait_file(control_ready, control, 120.0)
         if self.faults:
             self.outage = _Outage(
                 self.endpoints[Role.HEALTHY], down, self.smtp, self.plan.outage_s, self.say
             )
             self.outage.start()
+
+    def _control_sink(self) -> tuple[SinkProcess, Path]:
+        home = self.workdir / "control"
+        home.mkdir(parents=True, exist_ok=True)
+        subs = home / "subscriptions.toml"
+        timeout_s = self.plan.timeout_s
+        subs.write_text(
+            subscriptions_toml([(e.name, e.url, SECRET, timeout_s) for e in self.controls])
+        )
+        for endpoint in self.controls:
+            endpoint.start()
+        self.say(f"[{self.name}] control sink: {len(self.controls)} healthy endpoints")
+        settings = self.settings.with_overrides(app_id=f"{self.settings.app_id}-control")
+        return webhook_sink(settings, subs, (), self.plan.breaker_reset_s, home)
 
     def _check_sinks(self) -> None:
         for sink in self.sinks:
@@ -217,7 +245,11 @@ class SinkRun:
         return self.outage is not None and self.outage.ended_s is not None
 
     def _all_received(self, role: Role, ids: set[str], after_fix: bool) -> bool:
-        receipts, before = self.endpoints[role].snapshot()
+        return self._received(self.endpoints[role], ids, after_fix)
+
+    @staticmethod
+    def _received(endpoint: Endpoint, ids: set[str], after_fix: bool = False) -> bool:
+        receipts, before = endpoint.snapshot()
         got = receipts.event_ids[before:] if after_fix else receipts.event_ids
         return ids <= set(got)
 
@@ -253,6 +285,10 @@ class SinkRun:
             else:
                 check = partial(self._all_received, role, want[role], False)
                 self._wait(f"{role.value}: every event id delivered", check, guard)
+        control_want = {e.name: {event_id_for(a, e.name) for a in alert_ids} for e in self.controls}
+        for endpoint in self.controls:
+            check = partial(self._received, endpoint, control_want[endpoint.name])
+            self._wait(f"{endpoint.name}: every event id delivered", check, guard)
         mailed = partial(self._all_mailed_or_dead, set(alert_ids))
         self._wait("notifier: every alert mailed or dead-lettered", mailed, guard)
         dead = {r: webhook_dead_letters(self.settings, r.value) for r in failing}
@@ -295,6 +331,12 @@ class SinkRun:
             if role in failing:
                 self.notes.append(f"{role.value}: {receipts.errors} HTTP 500 answers, "
                                   f"{receipts.late} answered after the timeout")  # fmt: skip
+        for endpoint in self.controls:
+            receipts, _ = endpoint.snapshot()
+            accounts.append(account_endpoint(
+                endpoint.name, Role.CONTROL, control_want[endpoint.name], receipts.event_ids,
+                receipts.latencies_ms, webhook_dead_letters(self.settings, endpoint.name),
+            ))  # fmt: skip
         if self.outage is not None and self.outage.began_s and self.outage.ended_s:
             self.notes.append(
                 f"outage {self.outage.ended_s - self.outage.began_s:.1f} s from the first alert"
@@ -312,7 +354,7 @@ class SinkRun:
             parts.append(self.outage.close)
         parts.append(self.run.close)
         parts.extend(s.close for s in self.sinks)
-        parts.extend(e.close for e in self.endpoints.values())
+        parts.extend(e.close for e in [*self.endpoints.values(), *self.controls])
         parts.append(self.smtp.stop)
         for part in parts:
             with contextlib.suppress(Exception):

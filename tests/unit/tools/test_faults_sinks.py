@@ -144,6 +144,22 @@ def test_the_row_needs_every_endpoint_the_notifier_and_an_unslowed_healthy_endpo
     assert not missing_alert.met
 
 
+def test_the_healthy_endpoint_is_judged_against_the_control_of_its_own_run() -> None:
+    """The control sink's endpoint, delivering the same alerts at the same time, is the
+    reference; an earlier clean run's latency is then only printed."""
+    r = row(300.0, 100.0)
+    r.endpoints.append(
+        account_endpoint("control", Role.CONTROL, IDS, IDS, [200.0] * 10, [])
+    )  # fmt: skip
+    assert r.reference_name == "control" and r.latency_ratio == 1.5 and r.met
+    assert "healthy p99 / control p99: 1.50" in sink_lines(r)[-1]
+    assert r.to_json()["latency_reference"] == "control"
+    r.endpoints[-1] = account_endpoint("control", Role.CONTROL, IDS, IDS, [100.0] * 10, [])
+    assert r.latency_ratio == 3.0 and not r.met
+    repeated = account_endpoint("control", Role.CONTROL, IDS, IDS + IDS[:1], [100.0] * 11, [])
+    assert not repeated.met  # a control endpoint, too, must get each event id exactly once
+
+
 def test_the_table_has_a_line_per_endpoint_and_the_json_the_verdicts() -> None:
     r = row(150.0, 100.0)
     lines = sink_lines(r)

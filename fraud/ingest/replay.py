@@ -196,6 +196,13 @@ def replay(
     )
     if batch < 1 or batch > MAX_BATCH:
         raise ValueError(f"batch must be between 1 and {MAX_BATCH}, got {batch}")
+    if label_lead_ms < 0 or (label_lead_ms and (label_delay_ms is None
+                                                or label_lead_ms >= label_delay_ms)):  # fmt: skip
+        # a lead as long as the delay would publish a label before its transaction
+        raise ValueError(
+            f"label_lead_ms must be >= 0 and less than label_delay_ms, got {label_lead_ms} "
+            f"with a delay of {label_delay_ms}"
+        )
     sender = _Sender(producer(settings.brokers))
     batcher = (
         _Batcher(sender, names.transactions, settings.partitions, batch) if batch > 1 else None

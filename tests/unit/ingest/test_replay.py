@@ -75,3 +75,17 @@ def test_labels_go_out_their_lead_before_their_time_and_after_their_transaction(
         assert before[-1] < due  # not before its lead
         if after:  # else flushed at the end of the file
             assert after[0] >= due  # before every transaction it may count for
+
+
+@pytest.mark.parametrize(("delay_days", "lead_days"), [(7, 7), (7, 8), (None, 1), (7, -1)])
+def test_a_lead_that_would_publish_a_label_before_its_transaction_is_refused(
+    tmp_path: Path, recorder: Recorder, delay_days: int | None, lead_days: int
+) -> None:
+    """The replay refuses it itself, not only the CLI, and before anything is sent."""
+    sim = simulate(SimulationConfig(n_customers=20, n_terminals=40, n_days=30, seed=3))
+    path = tmp_path / "tx.csv"
+    write_file(sim, path)
+    delay = None if delay_days is None else delay_days * DAY_MS
+    with pytest.raises(ValueError, match="label_lead_ms"):
+        replay(Settings(), path, label_delay_ms=delay, label_lead_ms=lead_days * DAY_MS)
+    assert recorder.sent == []

@@ -153,6 +153,16 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     return parse
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraud",
@@ -300,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="always pass transactions from the customer stage to the terminal stage over the "
         "repartition topic; by default a worker that owns every partition decides in line and "
         "skips that hop (env FRAUD_SINGLE_STAGE=0 does the same)",
+    )  # fmt: skip
+    p.add_argument(
+        "--standby-replicas", type=_non_negative_int, default=None,
+        help="standby copies of each state partition kept by the other workers, so that one "
+        "taking over a dead worker's partitions need not read their whole changelog (env "
+        "FRAUD_STANDBY_REPLICAS; default 1)",
     )  # fmt: skip
     p.add_argument("--rules", type=Path, help="decision table (CSV; default tables/rules/v1.csv)")
     p.add_argument("--model", type=Path, help="model table (JSON); default: rules only")
@@ -632,7 +648,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         model_path=args.model,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
-    ).with_overrides(rules_path=args.rules)
+    ).with_overrides(rules_path=args.rules, standby_replicas=args.standby_replicas)
     return run_worker(
         settings,
         loglevel="INFO" if args.verbose else "WARNING",

@@ -41,7 +41,8 @@ class Settings:
     Environment fallbacks (used by the CLI and the Dockerfile): KAFKA_BOOTSTRAP,
     FRAUD_PARTITIONS, FRAUD_DATA_DIR, FRAUD_APP_ID, FRAUD_TOPIC_PREFIX,
     FRAUD_REPLICATION_FACTOR, FRAUD_MIN_INSYNC_REPLICAS, FRAUD_LABEL_WAIT_MS,
-    FRAUD_SINGLE_STAGE, FRAUD_PROCESSING_GUARANTEE, FRAUD_TRANSACTIONAL_ID.
+    FRAUD_SINGLE_STAGE, FRAUD_PROCESSING_GUARANTEE, FRAUD_TRANSACTIONAL_ID,
+    FRAUD_STANDBY_REPLICAS.
     """
 
     brokers: str = DEFAULT_BROKERS
@@ -99,6 +100,10 @@ class Settings:
     # workers are static group members, so one restarted within it resumes them without a
     # rebalance; past it the others take them over.
     session_timeout_s: float = 15.0
+    # Standby copies of each table partition that other workers keep up to date from the
+    # changelogs (Faust's table_standby_replicas): a worker taking over a partition of one
+    # that died starts from its standby instead of reading the whole changelog.
+    standby_replicas: int = 1
     # Decide in the customer agent, skipping the repartition topic, while this worker owns
     # every partition (fraud/worker/partitions.py: RepartitionHop); off: always two stages.
     single_stage: bool = True
@@ -121,6 +126,8 @@ class Settings:
                 f"processing guarantee {self.processing_guarantee!r} is not one of "
                 + ", ".join(GUARANTEES)
             )
+        if self.standby_replicas < 0:
+            raise ValueError(f"standby replicas must be >= 0, got {self.standby_replicas}")
 
     @property
     def exactly_once(self) -> bool:
@@ -150,6 +157,7 @@ class Settings:
             "single_stage": _bool(env, "FRAUD_SINGLE_STAGE"),
             "processing_guarantee": env.get("FRAUD_PROCESSING_GUARANTEE") or None,
             "transactional_id": env.get("FRAUD_TRANSACTIONAL_ID") or None,
+            "standby_replicas": _int(env, "FRAUD_STANDBY_REPLICAS"),
         }
         return base.with_overrides(**changes)
 

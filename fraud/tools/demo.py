@@ -200,6 +200,7 @@ def worker_process(
         "--ready-file", str(ready),
         "--label-wait-ms", str(settings.label_wait_ms),
         "--processing-guarantee", settings.processing_guarantee,
+        "--standby-replicas", str(settings.standby_replicas),
         *([] if settings.metrics_port is None else ["--metrics-port", str(settings.metrics_port)]),
         *([] if settings.model_path is None else ["--model", str(settings.model_path)]),
         *([] if settings.single_stage else ["--two-stage"]),

@@ -270,6 +270,7 @@ def _faust_app(settings: Settings) -> faust.App:
         # A member that stops answering (killed, or stopped: static members do not leave the
         # group) loses its partitions after this long.
         broker_session_timeout=settings.session_timeout_s,
+        table_standby_replicas=settings.standby_replicas,
         # The customer stage holds messages unacknowledged while it aligns event time; they
         # are delivered again after a restart or a rebalance, so do not wait for them.
         stream_wait_empty=False,

@@ -90,11 +90,21 @@ def count_rows(path: Path) -> int | None:
     return lines - 1 if name.endswith(".csv") else lines
 
 
+# How long the client keeps trying to deliver a record (librdkafka's message.timeout.ms, its
+# default made explicit): a replay rides out a broker or whole-cluster restart shorter than
+# this. The end of a replay waits for the client's verdict on every record (delivered, or
+# failed after this long), never for a shorter clock of its own: a 60 s wait failed a replay
+# whose records the cluster would have taken once it was back.
+DELIVERY_TIMEOUT_MS = 300_000
+FLUSH_MARGIN_S = 30.0
+
+
 def producer(brokers: str, **extra: Any) -> Producer:
     conf: dict[str, Any] = {
         "enable.idempotence": True,
         "linger.ms": 5,
         "queue.buffering.max.messages": 1_000_000,
+        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
     }
     conf.update(extra)
     return make_producer(brokers, **conf)
@@ -275,7 +285,7 @@ def replay(
             batcher.flush()
         labels += flush_labels(None)
     finally:
-        remaining = sender.prod.flush(60)
+        remaining = sender.prod.flush(DELIVERY_TIMEOUT_MS / 1000 + FLUSH_MARGIN_S)
     if progress is not None and unreported:
         progress(unreported)
     if sender.failed or remaining:

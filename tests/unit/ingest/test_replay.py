@@ -89,3 +89,29 @@ def test_a_lead_that_would_publish_a_label_before_its_transaction_is_refused(
     with pytest.raises(ValueError, match="label_lead_ms"):
         replay(Settings(), path, label_delay_ms=delay, label_lead_ms=lead_days * DAY_MS)
     assert recorder.sent == []
+
+
+def test_the_end_of_a_replay_waits_for_the_clients_verdict_on_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final flush outlasts librdkafka's own delivery timeout, so that a cluster restart
+    during the replay ends in delivered records, not in a replay that gave up first."""
+    configs: list[dict[str, Any]] = []
+    flushes: list[float] = []
+
+    class Flushing(Recorder):
+        def flush(self, timeout: float = 0) -> int:
+            flushes.append(timeout)
+            return 0
+
+    def make(brokers: str, **conf: Any) -> Flushing:
+        configs.append(conf)
+        return Flushing()
+
+    monkeypatch.setattr(replay_module, "make_producer", make)
+    sim = simulate(SimulationConfig(n_customers=20, n_terminals=40, n_days=30, seed=3))
+    path = tmp_path / "tx.csv"
+    write_file(sim, path)
+    replay(Settings(), path)
+    timeout_s = configs[0]["message.timeout.ms"] / 1000
+    assert flushes and min(flushes) > timeout_s

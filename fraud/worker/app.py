@@ -170,18 +170,15 @@ class FaustConsumerView:
         while they are handed out (it checks the live active set), and the consumer's position
         has moved past them; resumed, the partition went on after them. A handbook-size run
         lost 910 TransactionBatch records (455,000 transactions) that way, their offsets
-        committed past them. The seek goes to the next offset no stream was given
-        (``NextToDeliver``), not past Faust's ``_read_offset``: right after a rebalance that
-        holds the committed offset itself, the next one to read, and a seek past it skipped
-        the first record of the partition."""
+        committed past them."""
         consumer: Any = self._app.consumer
         resumed = [TP(*tp) for tp in tps]
         consumer.resume_partitions(resumed)
         assigned = consumer.assignment()
         for tp in resumed:
-            offset = consumer.next_to_deliver.of(tp)  # fraud.worker.transport's consumer
-            if offset is not None and tp in assigned:  # not while being revoked
-                consumer._thread.seek(tp, offset)
+            delivered = consumer._read_offset.get(tp)
+            if delivered is not None and tp in assigned:  # not while being revoked
+                consumer._thread.seek(tp, delivered + 1)
 
 
 class CurrentGeneration:

@@ -168,84 +168,11 @@ class _TransactionalConsumerThread(_ConsumerThread):
         return out
 
 
-class NextToDeliver:
-    """Per partition, the next offset not yet passed to a stream: where a seek put the
-    consumer, or the offset after the last record a stream took (pure).
-
-    Faust's ``_read_offset`` cannot tell that: a seek stores the next offset to read there,
-    a delivery the offset just delivered, and a record dropped at the flow's suspension is
-    stored as read although no stream got it."""
-
-    def __init__(self) -> None:
-        self._next: dict[Any, int] = {}
-
-    def sought(self, tp: Any, offset: int | None) -> None:
-        """The consumer was moved to ``offset`` (None: the beginning)."""
-        self._next[tp] = 0 if offset is None else max(0, offset)
-
-    def delivered(self, tp: Any, offset: int) -> None:
-        self._next[tp] = offset + 1
-
-    def of(self, tp: Any) -> int | None:
-        return self._next.get(tp)
-
-
-class DeliveryRecorder:
-    """Faust's consumer callback (the conductor's ``on_message``), recording in ``next`` each
-    record it passed on. A record whose callback is cancelled (Faust's consumer cancels it
-    when the flow is suspended, at a rebalance or while tables recover, and goes on as if it
-    had been read) is not recorded."""
-
-    def __init__(self, callback: Callable[[Any], Any], next_to_deliver: NextToDeliver) -> None:
-        self.callback = callback
-        self.next = next_to_deliver
-
-    async def __call__(self, message: Any) -> None:
-        await self.callback(message)
-        self.next.delivered(message.tp, int(message.offset))
-
-
 class _Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer that knows what its streams were given (``NextToDeliver``)
-    and fetches again what they were not.
-
-    Faust drops a record fetched while its flow is suspended (``_drain_messages`` cancels the
-    callback and marks the offset read), and relies on the seek to the committed offsets
-    that follows a rebalance to fetch it again. A record fetched between that seek and the
-    end of the tables' recovery (``resume_flow``) is dropped all the same, with no seek after
-    it: its partition went on past it. Seen: after a SIGKILLed worker's partitions were taken
-    over, the only new record of one partition never reached the agent (fetched and handed,
-    never received), and the aligner waited for it for good. At ``resume_flow`` every input
-    partition is therefore sought to its next offset not delivered."""
-
     thread_class: type[_ConsumerThread] = _ConsumerThread
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.next_to_deliver = NextToDeliver()
-        self.callback = DeliveryRecorder(self.callback, self.next_to_deliver)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return self.thread_class(self, loop=self.loop, beacon=self.beacon)
-
-    async def perform_seek(self) -> None:
-        """Faust's seek to the committed offsets; it leaves them in ``_read_offset`` (None:
-        no committed offset, sought to the beginning)."""
-        await super().perform_seek()
-        for tp in self.assignment():
-            self.next_to_deliver.sought(tp, self._read_offset.get(tp))
-
-    async def seek(self, partition: Any, offset: int) -> None:
-        await super().seek(partition, offset)
-        self.next_to_deliver.sought(partition, offset)
-
-    def resume_flow(self) -> None:
-        changelogs = self.app.tables.changelog_topics
-        for tp in self.assignment():
-            offset = self.next_to_deliver.of(tp)
-            if offset is not None and tp.topic not in changelogs:
-                self._thread.seek(tp, offset)
-        super().resume_flow()
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         """The records of one fetch; and, as it is handed to Faust, per partition the next

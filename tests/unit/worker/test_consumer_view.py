@@ -4,7 +4,6 @@ from typing import Any
 from faust.types import TP
 
 from fraud.worker.app import FaustConsumerView
-from fraud.worker.transport import NextToDeliver
 
 
 class FaustLikeConsumer:
@@ -15,7 +14,7 @@ class FaustLikeConsumer:
         self.assigned = assigned
         self.active = set(assigned)
         self.paused: set[TP] = set()
-        self.next_to_deliver = NextToDeliver()  # fraud.worker.transport's consumer
+        self._read_offset: dict[TP, int] = {}  # the last offset handed to a stream
         self._thread = FakeThread()
 
     def assignment(self) -> set[TP]:
@@ -77,20 +76,7 @@ def test_a_resumed_partition_is_fetched_again_from_after_the_last_record_handed_
     tp = TP("transactions", 0)
     consumer = FaustLikeConsumer({tp, TP("transactions", 1)})
     view = FaustConsumerView(FakeApp(consumer))  # type: ignore[arg-type]
-    consumer.next_to_deliver.delivered(tp, 152)
+    consumer._read_offset[tp] = 152
     view.pause_partitions([("transactions", 0), ("transactions", 1)])
     view.resume_partitions([("transactions", 0), ("transactions", 1)])
-    assert consumer._thread.seeks == [(tp, 153)]  # partition 1 unknown yet: left be
-
-
-def test_a_partition_resumed_right_after_its_seek_is_fetched_from_the_sought_offset() -> None:
-    """After a rebalance's seek to the committed offset 2 (the next to read) and before any
-    delivery, a resume must fetch offset 2 itself: a seek past it skipped the partition's
-    only new record, and the aligner waited for it for good."""
-    tp = TP("transactions", 0)
-    consumer = FaustLikeConsumer({tp})
-    view = FaustConsumerView(FakeApp(consumer))  # type: ignore[arg-type]
-    consumer.next_to_deliver.sought(tp, 2)
-    view.pause_partitions([("transactions", 0)])
-    view.resume_partitions([("transactions", 0)])
-    assert consumer._thread.seeks == [(tp, 2)]
+    assert consumer._thread.seeks == [(tp, 153)]  # partition 1 handed nothing yet: left be

@@ -35,18 +35,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import TopicPartition
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from recovery import free_port, worker_decisions  # noqa: E402
+from recovery import DecisionWatch, free_port, worker_decisions  # noqa: E402
 
 from fraud.broker import BrokerChoice, ensure_topics  # noqa: E402
 from fraud.contracts.partitioning import partition_for  # noqa: E402
 from fraud.contracts.units import DAY_MS, LABEL_DELAY_DAYS  # noqa: E402
 from fraud.ingest.replay import replay  # noqa: E402
-from fraud.kafka_config import high_watermarks, make_consumer  # noqa: E402
 from fraud.settings import Settings  # noqa: E402
 from fraud.tools.bench.latency import broker, broker_record, fresh, with_bench_model  # noqa: E402
 from fraud.tools.bench.report import machine, table, write_json  # noqa: E402
@@ -85,18 +82,8 @@ def write_probes(source: Path, target: Path, partitions: int) -> list[str]:
     return ids
 
 
-class DecisionTimes:
+class DecisionTimes(DecisionWatch):
     """A read_committed consumer at the end of ``decisions``: when each awaited id arrives."""
-
-    def __init__(self, settings: Settings) -> None:
-        topic = settings.topic_names.decisions
-        self.consumer = make_consumer(
-            settings.brokers,
-            **{"group.id": "fraud-failover-bench", "enable.auto.commit": False,
-               "isolation.level": "read_committed"},
-        )  # fmt: skip
-        highs = high_watermarks(settings.brokers, [topic])
-        self.consumer.assign([TopicPartition(t, p, o) for (t, p), o in highs.items()])
 
     def wait_all(self, ids: list[str], since: float, timeout_s: float) -> dict[str, float]:
         """Seconds from ``since`` (perf_counter) to each id's decision; missing ones absent."""
@@ -110,9 +97,6 @@ class DecisionTimes:
                     if decision.transaction_id in want:
                         got.setdefault(decision.transaction_id, time.perf_counter() - since)
         return got
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def decided_by_both(ports: list[int], n: int, say: Say, timeout_s: float = 3600) -> None:

@@ -90,6 +90,33 @@ def test_stored_progress_skips_the_rows_decided_before() -> None:
     assert rest is not None and ids(rest.columns) == ["a1"]
 
 
+def test_progress_stored_while_reading_again_keeps_the_records_not_read_yet() -> None:
+    """A new owner that stores its progress after reading only the first records again must
+    keep the stored progress of the later ones, or the next owner decides their rows twice."""
+    first: HopPool[str] = HopPool()
+    first.load(0, {})
+    first.add(0, 0, "a", rows(100, 300, tag="a"))
+    first.add(0, 1, "b", rows(50, 200, tag="b"))
+    first.add(0, 2, "c", rows(60, 400, tag="c"))
+    taken = first.take(0, 250)
+    assert taken is not None and ids(taken.columns) == ["b0", "c0", "a0", "b1"]
+    assert first.progress(0) == {0: 1, 1: 2, 2: 1}
+    # a second owner reads offset 0 again, and stores its progress before reading on
+    second: HopPool[str] = HopPool()
+    second.load(0, decode_progress(encode_progress(first.progress(0))))
+    second.add(0, 0, "a", rows(100, 300, tag="a"))
+    stored = encode_progress(second.progress(0))
+    assert decode_progress(stored) == {0: 1, 1: 2, 2: 1}
+    # a third owner, from that progress, decides each row once
+    third: HopPool[str] = HopPool()
+    third.load(0, decode_progress(stored))
+    third.add(0, 0, "a", rows(100, 300, tag="a"))
+    assert third.add(0, 1, "b", rows(50, 200, tag="b")).done
+    third.add(0, 2, "c", rows(60, 400, tag="c"))
+    rest = third.take(0, 10_000)
+    assert rest is not None and ids(rest.columns) == ["a1", "c1"]
+
+
 def test_progress_codec() -> None:
     assert decode_progress(encode_progress({3: 1, 2**40: 7})) == {3: 1, 2**40: 7}
     assert decode_progress(None) == {} and decode_progress(b"") == {}
